@@ -1,0 +1,66 @@
+"""The ``medclip`` command line: a thin dispatcher over library functions.
+
+Each subcommand lives in its own module exposing ``add_arguments(parser)`` and ``run(args) -> int``.
+Modules are imported only when their subcommand runs, so ``medclip --help`` stays fast and the core
+package never imports ``medclip_adapters`` unless an adapter command is asked for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from . import __version__
+from .errors import MedclipError
+
+# name -> (module with add_arguments/run, one-line help). Keep sorted by workflow order.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "info": ("medclip.commands.info", "list model architectures or describe one (parameter counts)"),
+}
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medclip", description="CLIP for medical images and reports.")
+    parser.add_argument("--version", action="version", version=f"medclip {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``medclip`` command line.
+
+    Args:
+        argv: arguments without the program name (defaults to ``sys.argv[1:]``).
+
+    Returns:
+        The process exit status: 0 on success, 2 for user errors (one line on stderr).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS:
+        top = _top_parser()
+        if not argv:
+            top.print_help()
+            return 2
+        top.parse_args(argv)  # handles --help/--version, errors on unknown commands
+        return 2
+    name = argv[0]
+    module_name, help_text = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"medclip {name}", description=help_text)
+    module.add_arguments(parser)
+    args = parser.parse_args(argv[1:])
+    try:
+        return int(module.run(args) or 0)
+    except (MedclipError, FileNotFoundError) as exc:
+        print(f"medclip {name}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"medclip {name}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,231 @@
+"""Config dataclasses and their strict YAML/dict loading.
+
+Configs are plain dataclasses. :func:`from_dict` builds one from a (nested) dict and raises
+:class:`~medclip.errors.ConfigError` naming any unknown key, so a typo in a recipe never passes
+silently. :func:`apply_overrides` applies ``--set a.b=c`` style overrides (values parsed as YAML).
+
+The model configs (:class:`VisionConfig`, :class:`TextConfig`, :class:`ModelConfig`) hold everything
+needed to rebuild a model; they are written to ``config.json`` by ``save_pretrained``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError, require_file
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+ACTIVATIONS = ("gelu", "quick_gelu")
+
+
+@dataclass
+class VisionConfig:
+    """Image tower: a timm trunk plus a projection to the joint embedding.
+
+    Attributes:
+        timm_model: any timm model name (``vit_base_patch32_clip_224``, ``resnet50_clip``, ...).
+        image_size: input side length in pixels.
+        in_chans: 1 for grayscale X-rays (timm adapts the stem) or 3.
+        act: ``gelu`` or ``quick_gelu`` (ViT trunks only; CNN trunks keep their own).
+        timm_kwargs: extra keyword arguments for ``timm.create_model`` (depth, embed_dim, ...).
+        proj: ``linear`` (no bias, as CLIP), ``mlp`` (Linear-GELU-Linear) or ``none`` (trunk already
+            outputs the joint embedding, e.g. CLIP ResNets whose attention pool projects).
+        mean: per-channel normalisation mean (defaults to CLIP's, averaged for 1 channel).
+        std: per-channel normalisation std.
+        trunk_weights: optional local weights file for the trunk (safetensors or a plain state dict).
+        trunk_key_map: how ``trunk_weights`` keys map onto the trunk: ``none`` or a registered mapper.
+        drop_path: stochastic depth rate of the trunk.
+    """
+
+    timm_model: str = "vit_base_patch32_clip_224"
+    image_size: int = 224
+    in_chans: int = 3
+    act: str = "gelu"
+    timm_kwargs: dict = field(default_factory=dict)
+    proj: str = "linear"
+    mean: list | None = None
+    std: list | None = None
+    trunk_weights: str | None = None
+    trunk_key_map: str = "none"
+    drop_path: float = 0.0
+
+    def __post_init__(self):
+        _check_choice("vision.act", self.act, ACTIVATIONS)
+        _check_choice("vision.proj", self.proj, ("linear", "mlp", "none"))
+        if self.in_chans not in (1, 3):
+            raise ConfigError(f"vision.in_chans must be 1 or 3, got {self.in_chans}")
+        if self.mean is None:
+            self.mean = list(OPENAI_MEAN) if self.in_chans == 3 else [round(sum(OPENAI_MEAN) / 3, 8)]
+        if self.std is None:
+            self.std = list(OPENAI_STD) if self.in_chans == 3 else [round(sum(OPENAI_STD) / 3, 8)]
+        self.mean, self.std = [float(v) for v in self.mean], [float(v) for v in self.std]
+        for name in ("mean", "std"):
+            if len(getattr(self, name)) != self.in_chans:
+                raise ConfigError(f"vision.{name} needs {self.in_chans} values (one per channel), "
+                                  f"got {getattr(self, name)}")
+
+
+@dataclass
+class TextConfig:
+    """Text tower: CLIP's causal Transformer, or a Hugging Face encoder from a local folder.
+
+    Attributes:
+        context_length: maximum tokens (77 for CLIP).
+        vocab_size: BPE vocabulary size (49408 for CLIP).
+        width: residual width.
+        heads: attention heads.
+        layers: Transformer blocks.
+        mlp_ratio: hidden size of the MLP relative to ``width``.
+        act: ``gelu`` or ``quick_gelu``.
+        hf_model_dir: a local transformers encoder folder; when set the CLIP-specific sizes are ignored.
+        pooling: ``cls`` or ``mean`` pooling of an HF encoder's output.
+        proj_bias: whether the projection to the joint embedding has a bias.
+    """
+
+    context_length: int = 77
+    vocab_size: int = 49408
+    width: int = 512
+    heads: int = 8
+    layers: int = 12
+    mlp_ratio: float = 4.0
+    act: str = "gelu"
+    hf_model_dir: str | None = None
+    pooling: str = "cls"
+    proj_bias: bool = False
+
+    def __post_init__(self):
+        _check_choice("text.act", self.act, ACTIVATIONS)
+        _check_choice("text.pooling", self.pooling, ("cls", "mean"))
+        if self.hf_model_dir is None and self.width % self.heads:
+            raise ConfigError(f"text.width ({self.width}) must be divisible by text.heads ({self.heads})")
+
+
+@dataclass
+class ModelConfig:
+    """A whole CLIP model.
+
+    Attributes:
+        embed_dim: size of the joint image-text embedding.
+        vision: the image tower.
+        text: the text tower.
+        init_logit_scale: initial value of the learnable log temperature, ln(1/0.07).
+        max_logit_scale: the log scale is clamped to this (ln 100).
+        name: the registry name this config came from (informational).
+    """
+
+    embed_dim: int = 512
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    init_logit_scale: float = math.log(1 / 0.07)
+    max_logit_scale: float = math.log(100)
+    name: str = ""
+
+
+def from_dict(cls, data: dict | None, where: str = ""):
+    """Build dataclass ``cls`` from a nested dict, refusing unknown keys.
+
+    Args:
+        cls: a dataclass type whose fields may themselves be dataclasses.
+        data: the values; missing keys keep their defaults.
+        where: dotted prefix used in error messages (``"model.vision"``).
+
+    Returns:
+        An instance of ``cls``.
+
+    Raises:
+        ConfigError: on an unknown key or a value of the wrong kind.
+    """
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ConfigError(f"'{where or cls.__name__}' must be a mapping of keys to values, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{where}.{key}" if where else key
+        if key not in fields:
+            raise ConfigError(f"unknown config key '{dotted}' (valid keys here: {', '.join(sorted(fields))})")
+        sub = _dataclass_in(hints[key])
+        kwargs[key] = from_dict(sub, value, dotted) if sub is not None and not dataclasses.is_dataclass(value) \
+            else value
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"invalid config '{where or cls.__name__}': {exc}") from None
+
+
+def to_dict(config) -> dict:
+    """Plain nested dict of a config dataclass (JSON/YAML serialisable)."""
+    return dataclasses.asdict(config)
+
+
+def load_yaml(path) -> dict:
+    """Read a YAML mapping with ``yaml.safe_load``; one-line errors for missing or malformed files."""
+    require_file(path, "config file")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def deep_merge(base: dict, update: dict) -> dict:
+    """Return ``base`` updated recursively with ``update`` (neither is modified)."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "timm_kwargs":
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
+    """Apply ``a.b=c`` overrides to a nested dict; values are parsed as YAML (``1e-3``, ``true``, ``[1,2]``).
+
+    Raises:
+        ConfigError: when an override is not of the form ``key.path=value``.
+    """
+    data = dict(data)
+    for item in overrides or []:
+        if "=" not in item or not item.split("=", 1)[0].strip():
+            raise ConfigError(f"override '{item}' must look like section.key=value (e.g. train.lr=3e-4)")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw)
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            node[part] = dict(child) if isinstance(child, dict) else {}
+            node = node[part]
+        node[parts[-1]] = value
+    return data
+
+
+def _dataclass_in(hint) -> type | None:
+    """The dataclass type inside a type hint (``X``, ``X | None``), else None."""
+    if dataclasses.is_dataclass(hint):
+        return hint
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        for arg in typing.get_args(hint):
+            if dataclasses.is_dataclass(arg):
+                return arg
+    return None
+
+
+def _check_choice(name: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(map(str, choices))}; got '{value}'")

