@@ -1,0 +1,122 @@
+"""Image-report retrieval metrics and embedding geometry.
+
+* :func:`retrieval_metrics`: image→text and text→image Recall@K and median rank. A hit is the paired
+  report **or any report with the identical text** (real archives repeat reports such as "no acute
+  cardiopulmonary process"; counting those as misses would punish the model for the data).
+* :func:`alignment` and :func:`uniformity`: Wang & Isola (2020), "Understanding contrastive
+  representation learning through alignment and uniformity on the hypersphere".
+
+All functions take L2-normalised feature tensors ``(N, D)`` where row ``i`` of the image features is
+paired with row ``i`` of the text features. Similarities are computed in chunks of queries, so
+memory stays ``O(chunk * N)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ..errors import DataError
+
+
+def _text_groups(texts: Sequence[str] | None, n: int) -> torch.Tensor:
+    """Integer id per row; rows with identical (whitespace-normalised) text share an id."""
+    if texts is None:
+        return torch.arange(n)
+    if len(texts) != n:
+        raise DataError(f"retrieval: got {len(texts)} texts for {n} feature rows; pass one report per pair")
+    ids: dict[str, int] = {}
+    return torch.tensor([ids.setdefault(" ".join(str(t).split()), len(ids)) for t in texts])
+
+
+def _first_hit_ranks(queries: torch.Tensor, keys: torch.Tensor, query_group: torch.Tensor,
+                     key_group: torch.Tensor, chunk: int) -> torch.Tensor:
+    """1-based rank of the best-scored correct key for every query (ties count against the query)."""
+    ranks = []
+    for start in range(0, queries.shape[0], chunk):
+        sims = queries[start:start + chunk] @ keys.T  # (q, N)
+        correct = query_group[start:start + chunk, None] == key_group[None, :]
+        best_correct = sims.masked_fill(~correct, float("-inf")).amax(dim=1, keepdim=True)
+        # keys strictly better than the best correct one, plus wrong keys tied with it (pessimistic)
+        better = (sims > best_correct) | ((sims == best_correct) & ~correct)
+        ranks.append(better.sum(dim=1) + 1)
+    return torch.cat(ranks)
+
+
+@torch.no_grad()
+def retrieval_metrics(image_features: torch.Tensor, text_features: torch.Tensor,
+                      texts: Sequence[str] | None = None, ks: Sequence[int] = (1, 5, 10),
+                      chunk: int = 1024) -> dict[str, float]:
+    """Recall@K and median rank for image→text and text→image retrieval.
+
+    Args:
+        image_features: ``(N, D)`` image embeddings (normalised), row ``i`` paired with text row ``i``.
+        text_features: ``(N, D)`` report embeddings (normalised).
+        texts: the ``N`` report strings; identical texts count as correct for each other. ``None``
+            counts only the exact pair.
+        ks: the K of Recall@K.
+        chunk: queries scored at once.
+
+    Returns:
+        dict with ``i2t_R@K``, ``t2i_R@K`` (fractions in [0, 1]), ``i2t_median_rank``,
+        ``t2i_median_rank`` (1 is perfect), ``n`` (pairs) and ``n_distinct_texts``.
+
+    Raises:
+        DataError: when shapes do not pair up.
+    """
+    if image_features.ndim != 2 or image_features.shape != text_features.shape:
+        raise DataError(f"retrieval: image features {tuple(image_features.shape)} and text features "
+                        f"{tuple(text_features.shape)} must both be (N, D) with the same N")
+    n = image_features.shape[0]
+    if n == 0:
+        raise DataError("retrieval: no pairs to evaluate (empty manifest?)")
+    img, txt = image_features.float(), text_features.float()
+    groups = _text_groups(texts, n)
+    out: dict[str, float] = {"n": n, "n_distinct_texts": int(groups.unique().numel())}
+    for name, q, k in (("i2t", img, txt), ("t2i", txt, img)):
+        ranks = _first_hit_ranks(q, k, groups, groups, chunk).float()
+        for kk in ks:
+            out[f"{name}_R@{kk}"] = float((ranks <= kk).float().mean())
+        out[f"{name}_median_rank"] = float(ranks.quantile(0.5))
+        out[f"{name}_mean_rank"] = float(ranks.mean())
+    return out
+
+
+def alignment(x: torch.Tensor, y: torch.Tensor, alpha: float = 2.0) -> float:
+    """Alignment ``E ||f(x) - g(y)||^alpha`` over positive pairs (lower is better; 0 = identical).
+
+    Args:
+        x: ``(N, D)`` normalised embeddings.
+        y: ``(N, D)`` normalised embeddings paired row by row with ``x``.
+        alpha: the exponent (2 in the paper).
+    """
+    if x.shape != y.shape:
+        raise DataError(f"alignment: shapes {tuple(x.shape)} and {tuple(y.shape)} must match")
+    return float((x.float() - y.float()).norm(dim=1).pow(alpha).mean())
+
+
+def uniformity(x: torch.Tensor, t: float = 2.0) -> float:
+    """Uniformity ``log E exp(-t ||f(x) - f(x')||^2)`` over distinct pairs (lower is more uniform).
+
+    Ranges from 0 (all embeddings collapsed to one point) down to about ``-4`` for points spread
+    uniformly on a high-dimensional sphere with ``t = 2``.
+
+    Args:
+        x: ``(N, D)`` normalised embeddings, ``N >= 2``.
+        t: the temperature (2 in the paper).
+    """
+    if x.shape[0] < 2:
+        raise DataError("uniformity needs at least 2 embeddings")
+    sq_dists = torch.pdist(x.float(), p=2).pow(2)
+    return float(sq_dists.mul(-t).exp().mean().log())
+
+
+def embedding_metrics(image_features: torch.Tensor, text_features: torch.Tensor,
+                      texts: Sequence[str] | None = None, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    """Retrieval metrics plus alignment and image/text uniformity in one dict (for logs and reports)."""
+    out = retrieval_metrics(image_features, text_features, texts, ks)
+    out["alignment"] = alignment(image_features, text_features)
+    out["uniformity_image"] = uniformity(image_features)
+    out["uniformity_text"] = uniformity(text_features)
+    return out
