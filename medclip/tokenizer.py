@@ -119,7 +119,8 @@ class ClipTokenizer:
         """Text of a sequence of ids (special tokens and padding dropped)."""
         specials = {self.sot_token_id, self.eot_token_id, self.pad_token_id}
         text = "".join(self.decoder[int(i)] for i in ids if int(i) not in specials)
-        return bytearray(self.byte_decoder[c] for c in text).decode("utf-8", errors="replace").replace("</w>", " ").strip()
+        raw = bytearray(self.byte_decoder[c] for c in text).decode("utf-8", errors="replace")
+        return raw.replace("</w>", " ").strip()
 
     def __call__(self, texts: str | list[str], context_length: int | None = None) -> torch.Tensor:
         """Tokenise a batch into ``(B, context_length)`` ids: SOT, tokens, EOT, zero padding.

@@ -18,7 +18,7 @@ def run(args) -> int:
         print("\n".join(list_models()))
         return 0
     model = create_model(args.model, device="meta")
-    count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+    counts = [sum(p.numel() for p in part.parameters()) for part in (model, model.visual, model.text)]
     print(json.dumps(to_dict(model.config), indent=2))
-    print(f"parameters: total {count(model):,} | image tower {count(model.visual):,} | text tower {count(model.text):,}")
+    print("parameters: total {:,} | image tower {:,} | text tower {:,}".format(*counts))
     return 0
