@@ -2,6 +2,14 @@
 
 ``clip_loss`` is CLIP's symmetric InfoNCE: the mean of the image→text and text→image cross-entropies
 over the ``N × N`` similarity matrix scaled by ``logit_scale``; pair ``i`` is the positive of row ``i``.
+
+``tiled_clip_loss`` computes exactly the same value and gradients without ever holding the ``N × N``
+matrix: it walks over blocks of image rows, keeps the row log-sum-exps and an online (running max +
+rescaled sum) log-sum-exp per column, and recomputes each block in backward (:class:`TiledInfoNCE`).
+Extra memory is ``O(N·d + block·N)`` instead of ``O(N²)``.
+
+``gather_features`` all-gathers features across processes *with gradients* (as open_clip's
+``gather_with_grad``), so every rank computes the loss over the global batch.
 """
 
 from __future__ import annotations
@@ -9,11 +17,20 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+# Elements of one (block × N) similarity block in the tiled loss: 2**23 floats = 32 MiB per temporary.
+TILE_ELEMENTS = 2 ** 23
+
 
 def clip_logits(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor):
     """Image→text and text→image logits ``(N, N)`` from L2-normalised features."""
     logits_per_image = logit_scale * image_features @ text_features.T
     return logits_per_image, logits_per_image.T
+
+
+def _check_pair(image_features: torch.Tensor, text_features: torch.Tensor) -> None:
+    if image_features.ndim != 2 or image_features.shape != text_features.shape:
+        raise ValueError(f"image and text features must both be (N, D) with the same shape, got "
+                         f"{tuple(image_features.shape)} and {tuple(text_features.shape)}")
 
 
 def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
@@ -27,9 +44,100 @@ def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_s
     Returns:
         Scalar loss ``(CE(image→text) + CE(text→image)) / 2``.
     """
-    if image_features.shape != text_features.shape:
-        raise ValueError(f"image and text features must have the same shape, got "
-                         f"{tuple(image_features.shape)} and {tuple(text_features.shape)}")
+    _check_pair(image_features, text_features)
     logits_per_image, logits_per_text = clip_logits(image_features, text_features, logit_scale)
     labels = torch.arange(image_features.shape[0], device=image_features.device)
     return (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
+
+
+def _blocks(n: int, block: int | None):
+    block = block or max(1, min(n, TILE_ELEMENTS // max(n, 1)))
+    return [(start, min(start + block, n)) for start in range(0, n, block)]
+
+
+class TiledInfoNCE(torch.autograd.Function):
+    """Symmetric InfoNCE, streamed over row blocks; exact forward and backward (at least fp32 inside).
+
+    With ``S = s · I Tᵀ``, the loss is ``(Σ_i lse_j S_ij + Σ_j lse_i S_ij) / 2N − s Σ_i I_i·T_i / N``, and
+    ``∂L/∂S = (softmax_rows(S) + softmax_cols(S)) / 2N − I/N``; backward rebuilds ``S`` block by block
+    from the saved features and the row/column log-sum-exps.
+    """
+
+    @staticmethod
+    def forward(ctx, image_features, text_features, logit_scale, block):
+        dtype = torch.promote_types(image_features.dtype, torch.float32)  # fp32 (or fp64) inside
+        img, txt, scale = image_features.to(dtype), text_features.to(dtype), logit_scale.to(dtype)
+        n = img.shape[0]
+        row_lse = img.new_empty(n)
+        col_max = img.new_full((n,), float("-inf"))
+        col_sum = img.new_zeros(n)
+        for start, end in _blocks(n, block):
+            sims = (img[start:end] @ txt.T).mul_(scale)  # (b, N), the only O(b·N) buffers
+            row_lse[start:end] = torch.logsumexp(sims, dim=1)
+            new_max = torch.maximum(col_max, sims.amax(dim=0))
+            col_sum = col_sum * torch.exp(col_max - new_max) + sims.sub_(new_max).exp_().sum(dim=0)
+            col_max = new_max
+        col_lse = col_max + col_sum.log()
+        positives = (img * txt).sum()
+        loss = (row_lse.sum() + col_lse.sum()) / (2 * n) - scale * positives / n
+        ctx.save_for_backward(img, txt, scale, row_lse, col_lse)
+        ctx.block, ctx.positives = block, positives
+        ctx.dtypes = (image_features.dtype, text_features.dtype, logit_scale.dtype)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        img, txt, scale, row_lse, col_lse = ctx.saved_tensors
+        n = img.shape[0]
+        grad_img, grad_txt = torch.empty_like(img), torch.zeros_like(txt)
+        grad_scale = -ctx.positives / n
+        for start, end in _blocks(n, ctx.block):
+            dots = img[start:end] @ txt.T  # (b, N) cosine similarities
+            sims = dots * scale
+            probs = torch.exp(sims - row_lse[start:end, None]).add_(sims.sub_(col_lse[None, :]).exp_())
+            probs.div_(2 * n)  # ∂L/∂S without the −I/N diagonal (added below)
+            grad_img[start:end] = probs @ txt
+            grad_txt.addmm_(probs.T, img[start:end])
+            grad_scale = grad_scale + (probs * dots).sum()
+        grad_img = (grad_img - txt / n) * (scale * grad_loss)
+        grad_txt = (grad_txt - img / n) * (scale * grad_loss)
+        grad_scale = grad_scale * grad_loss
+        dtype_i, dtype_t, dtype_s = ctx.dtypes
+        return grad_img.to(dtype_i), grad_txt.to(dtype_t), grad_scale.to(dtype_s), None
+
+
+def tiled_clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale,
+                    block: int | None = None) -> torch.Tensor:
+    """Memory-lean symmetric InfoNCE, equal to :func:`clip_loss` (values and gradients, fp32 inside).
+
+    Args:
+        image_features: ``(N, D)`` image embeddings (normalised).
+        text_features: ``(N, D)`` text embeddings, row ``i`` paired with image ``i``.
+        logit_scale: scalar ``exp(log_scale)``, a tensor (may require grad) or a float.
+        block: image rows per block; default keeps each ``block × N`` buffer at 32 MiB.
+
+    Returns:
+        Scalar fp32 loss.
+    """
+    _check_pair(image_features, text_features)
+    if not torch.is_tensor(logit_scale):
+        logit_scale = torch.tensor(float(logit_scale), device=image_features.device)
+    return TiledInfoNCE.apply(image_features, text_features, logit_scale.reshape(()), block)
+
+
+LOSSES = {"dense": clip_loss, "tiled": tiled_clip_loss}
+
+
+def gather_features(image_features: torch.Tensor, text_features: torch.Tensor):
+    """Concatenate every rank's features in rank order, keeping gradients (no-op without a process group).
+
+    The backward of the gather sums the gradients that all ranks send to each slice, so with DDP's
+    gradient *averaging* the parameter gradients equal those of one process on the global batch.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return image_features, text_features
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(image_features), dim=0), torch.cat(all_gather(text_features), dim=0)

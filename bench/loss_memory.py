@@ -1,0 +1,104 @@
+"""Dense vs tiled contrastive loss: peak memory increase and time of forward + backward.
+
+Each (method, N) runs in its own subprocess so peak RSS (``ru_maxrss``) is not polluted by other
+runs. The increase is measured over the process peak after the ``(N, d)`` features exist, so it is the
+loss's own extra memory (logits, softmax, gradients). ``dense`` is open_clip's ``ClipLoss`` when
+open_clip is installed (else :func:`medclip.loss.clip_loss`); ``tiled`` is
+:func:`medclip.loss.tiled_clip_loss`.
+
+Usage::
+
+    python bench/loss_memory.py            # N = 4096, 16384, 32768, d = 512
+    python bench/loss_memory.py --quick    # skips dense at N = 32768 (needs ~20 GiB)
+
+The last line is the key ratio: dense / tiled time and memory at N = 16384.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+
+def _rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _dense_fn():
+    try:
+        from open_clip.loss import ClipLoss
+
+        loss = ClipLoss()
+        return "open_clip.ClipLoss", lambda i, t, s: loss(i, t, s)
+    except ImportError:
+        from medclip.loss import clip_loss
+
+        return "medclip.clip_loss", clip_loss
+
+
+def measure(method: str, n: int, dim: int, repeats: int) -> dict:
+    """Run one method in this process; return time (best of ``repeats``) and peak RSS increase."""
+    import torch
+
+    from medclip.loss import tiled_clip_loss
+
+    torch.manual_seed(0)
+    name, fn = _dense_fn() if method == "dense" else ("medclip.tiled_clip_loss", tiled_clip_loss)
+    img = torch.nn.functional.normalize(torch.randn(n, dim), dim=1).requires_grad_()
+    txt = torch.nn.functional.normalize(torch.randn(n, dim), dim=1).requires_grad_()
+    scale = torch.tensor(14.3, requires_grad=True)
+    base = _rss_mib()
+    times = []
+    for _ in range(repeats):
+        img.grad = txt.grad = scale.grad = None
+        start = time.perf_counter()
+        loss = fn(img, txt, scale)
+        loss.backward()
+        times.append(time.perf_counter() - start)
+    return {"method": method, "impl": name, "n": n, "d": dim, "loss": float(loss), "seconds": min(times),
+            "peak_extra_mib": _rss_mib() - base}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[4096, 16384, 32768])
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="skip dense at N >= 32768")
+    parser.add_argument("--child", nargs=2, metavar=("METHOD", "N"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(measure(args.child[0], int(args.child[1]), args.dim, args.repeats)))
+        return
+    results = {}
+    print(f"{'method':<8}{'impl':<26}{'N':>7}{'seconds':>10}{'extra MiB':>11}{'loss':>10}")
+    for n in args.sizes:
+        for method in ("dense", "tiled"):
+            if method == "dense" and args.quick and n >= 32768:
+                print(f"{'dense':<8}{'(skipped: --quick)':<26}{n:>7}")
+                continue
+            cmd = [sys.executable, __file__, "--child", method, str(n), "--dim", str(args.dim),
+                   "--repeats", str(args.repeats)]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                print(f"{method:<8}{'(failed: ' + proc.stderr.strip().splitlines()[-1][:60] + ')':<26}{n:>7}")
+                continue
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            results[(method, n)] = r
+            print(f"{method:<8}{r['impl']:<26}{n:>7}{r['seconds']:>10.2f}{r['peak_extra_mib']:>11.0f}{r['loss']:>10.4f}")
+    key = 16384 if ("dense", 16384) in results and ("tiled", 16384) in results else None
+    if key:
+        d, t = results[("dense", key)], results[("tiled", key)]
+        print(f"N={key} d={args.dim}: tiled is {d['seconds'] / t['seconds']:.2f}x faster than dense and uses "
+              f"{d['peak_extra_mib'] / max(t['peak_extra_mib'], 1):.1f}x less extra memory "
+              f"({t['peak_extra_mib']:.0f} vs {d['peak_extra_mib']:.0f} MiB)")
+    else:
+        print("key ratio unavailable: run with N = 16384 for both methods")
+
+
+if __name__ == "__main__":
+    main()
