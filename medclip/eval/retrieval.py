@@ -120,3 +120,51 @@ def embedding_metrics(image_features: torch.Tensor, text_features: torch.Tensor,
     out["uniformity_image"] = uniformity(image_features)
     out["uniformity_text"] = uniformity(text_features)
     return out
+
+
+def evaluate_retrieval(model, manifest: str, split: str | None = None,
+                       sections: Sequence[str] | None = ("findings", "impression"), ks: Sequence[int] = (1, 5, 10),
+                       batch_size: int = 32, num_workers: int = 0, progress: bool = True) -> tuple[dict, object]:
+    """Retrieval metrics of ``model`` on the image-report pairs of a manifest.
+
+    Rows are loaded and checked by the data layer (:func:`medclip.data.manifest.load_manifest` and
+    ``check_manifest``): rows with a missing image or empty report are quarantined, not counted.
+
+    Args:
+        model: a :class:`medclip.CLIP`.
+        manifest: the manifest CSV (``image`` and ``report`` columns, optional ``split``).
+        split: evaluate only rows of this split (``test``); None: all rows.
+        sections: report sections used as text (None: whole report).
+        ks: the K of Recall@K.
+        batch_size: images per forward pass.
+        num_workers: DataLoader workers.
+        progress: show progress bars.
+
+    Returns:
+        ``(metrics dict, quarantine DataFrame)``; the metrics include ``n_quarantined``.
+    """
+    import pandas as pd
+
+    from ..data.manifest import check_manifest, load_manifest
+    from ..tokenizer import get_tokenizer
+    from .inputs import encode_images
+    from .prompts import encode_texts
+
+    good, quarantine = check_manifest(load_manifest(manifest), sections, verify_images=False)
+    if split:
+        if not (good["split"] == split).any():
+            raise DataError(f"{manifest}: no rows with split '{split}' (splits present: "
+                            f"{sorted(set(good['split']) - {''}) or 'none'}); drop --split or fix the manifest")
+        good = good[good["split"] == split].reset_index(drop=True)
+    model.eval()
+    features, kept, bad = encode_images(model, good["image"].tolist(), batch_size=batch_size,
+                                        num_workers=num_workers, progress=progress)
+    unreadable = pd.DataFrame([(int(good["line"].iat[i]), good["image_raw"].iat[i], r) for i, r in bad],
+                              columns=quarantine.columns)
+    good = good.iloc[kept].reset_index(drop=True)
+    texts = good["text"].tolist()
+    text_features = encode_texts(model, get_tokenizer(model.config), texts, batch_size=128)
+    metrics = embedding_metrics(features, text_features, texts, ks)
+    quarantine = pd.concat([quarantine, unreadable], ignore_index=True)
+    metrics.update({"n_quarantined": int(len(quarantine)), "split": split or "all", "sections": list(sections or [])})
+    return metrics, quarantine

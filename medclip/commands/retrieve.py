@@ -1,0 +1,50 @@
+"""``medclip retrieve``: image<->report retrieval metrics of a saved model on a manifest."""
+
+from __future__ import annotations
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--model", required=True, help="model folder written by save_pretrained / medclip pretrain")
+    parser.add_argument("--manifest", required=True, help="manifest CSV with image and report columns")
+    parser.add_argument("--split", default=None, help="evaluate only this split (e.g. test); default: all rows")
+    parser.add_argument("--sections", nargs="*", default=["findings", "impression"],
+                        help="report sections used as text (none given: the whole report)")
+    parser.add_argument("--ks", nargs="+", type=int, default=[1, 5, 10], help="K values of Recall@K")
+    parser.add_argument("--output", default=None, help="folder for retrieval.json (and quarantine.csv)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda when available)")
+
+
+def run(args) -> int:
+    import json
+    import os
+
+    import torch
+
+    from .. import __version__
+    from ..eval.retrieval import evaluate_retrieval
+    from ..eval.zeroshot import json_safe
+    from ..model import CLIP
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = CLIP.from_pretrained(args.model).to(device)
+    metrics, quarantine = evaluate_retrieval(model, args.manifest, args.split, args.sections or None, args.ks,
+                                             args.batch_size, args.workers)
+    metrics.update({"model": os.path.abspath(args.model), "manifest": os.path.abspath(args.manifest),
+                    "medclip_version": __version__})
+    print(f"{metrics['n']} pairs ({metrics['n_distinct_texts']} distinct reports, {metrics['n_quarantined']} "
+          "quarantined)")
+    for direction, name in (("i2t", "image->text"), ("t2i", "text->image")):
+        recalls = "  ".join(f"R@{k} {metrics[f'{direction}_R@{k}']:.3f}" for k in args.ks)
+        print(f"  {name}: {recalls}  median rank {metrics[f'{direction}_median_rank']:.1f}")
+    print(f"  alignment {metrics['alignment']:.3f}  uniformity image {metrics['uniformity_image']:.3f} "
+          f"text {metrics['uniformity_text']:.3f}")
+    if args.output:
+        os.makedirs(args.output, exist_ok=True)
+        with open(os.path.join(args.output, "retrieval.json"), "w", encoding="utf-8") as f:
+            json.dump(json_safe(metrics), f, indent=2)
+        if len(quarantine):
+            quarantine.to_csv(os.path.join(args.output, "quarantine.csv"), index=False)
+        print(f"wrote {args.output}/retrieval.json")
+    return 0

@@ -1,0 +1,68 @@
+"""``medclip zeroshot``: classify images by text prompts and evaluate (probabilities CSV + metrics JSON)."""
+
+from __future__ import annotations
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--model", required=True, help="model folder written by save_pretrained / medclip pretrain")
+    parser.add_argument("--manifest", required=True,
+                        help="manifest CSV (image, label columns, optional patient_id/split) or a folder "
+                             "with one subfolder per class")
+    parser.add_argument("--classes", required=True,
+                        help="class file (YAML), e.g. recipes/classes/pneumonia-kermany.yaml")
+    parser.add_argument("--output", default=None, help="folder for probabilities.csv, metrics.json and figures")
+    parser.add_argument("--calibrate-on", default=None, metavar="SPLIT",
+                        help="fit temperature scaling on this split (e.g. val); metrics use the other rows")
+    parser.add_argument("--val-fraction", type=float, default=0.2,
+                        help="patients held out for calibration when the manifest has no split column")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
+    parser.add_argument("--bootstrap-unit", choices=("patient", "image"), default="patient",
+                        help="resample patients (cluster bootstrap, default) or single images")
+    parser.add_argument("--threshold", type=float, default=0.5, help="decision threshold for F1/accuracy")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers for image decoding")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    parser.add_argument("--cache-dir", default=None,
+                        help="prompt-embedding cache (default $MEDCLIP_CACHE_DIR/prompts or ~/.cache/medclip/prompts)")
+    parser.add_argument("--no-cache", action="store_true", help="do not read or write the prompt cache")
+    parser.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
+
+
+def run(args) -> int:
+    import torch
+
+    from ..eval.prompts import default_cache_dir, load_class_file
+    from ..eval.zeroshot import run_zeroshot
+    from ..model import CLIP
+
+    classes = load_class_file(args.classes)  # validate before loading the model
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = CLIP.from_pretrained(args.model).to(device)
+    cache = None if args.no_cache else (args.cache_dir or default_cache_dir())
+    result = run_zeroshot(model, args.manifest, classes, args.output, calibrate_on=args.calibrate_on,
+                          val_fraction=args.val_fraction, n_bootstrap=args.bootstrap, seed=args.seed,
+                          threshold=args.threshold, bootstrap_unit=args.bootstrap_unit,
+                          batch_size=args.batch_size, num_workers=args.workers, cache_dir=cache,
+                          figures=not args.no_figures)
+    print(summary(result))
+    if args.output:
+        print(f"wrote {args.output}/probabilities.csv and {args.output}/metrics.json")
+    return 0
+
+
+def summary(result) -> str:
+    """A few human-readable lines: per-class AUROC with CI, accuracy, ECE."""
+    m = result.metrics
+    lines = [f"{m['n_images']} images ({m['n_quarantined']} unreadable), {m['n_evaluated']} evaluated, "
+             f"task {m['task']}, temperature {m['temperature']:.3f}"]
+    if "metrics" not in m:
+        return "\n".join([*lines, m.get("note", "")])
+    for name in [*m["classes"], "macro"]:
+        key = "auroc_macro" if name == "macro" else f"auroc/{name}"
+        a = m["metrics"][key]
+        lines.append(f"  AUROC {name:<24} {a['value']:.3f}  95% CI [{a['ci_low']:.3f}, {a['ci_high']:.3f}]")
+    acc = m["metrics"]["accuracy"]
+    lines.append(f"  accuracy {acc['value']:.3f} [{acc['ci_low']:.3f}, {acc['ci_high']:.3f}]  "
+                 f"ECE {m['calibration']['ece']:.3f} (before scaling {m['calibration']['ece_before_scaling']:.3f})")
+    return "\n".join(lines)

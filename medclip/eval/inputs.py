@@ -1,0 +1,193 @@
+"""Evaluation inputs: labelled image tables (manifest CSV or class-per-folder tree) and image encoding.
+
+* :func:`read_labelled_images` turns ``--manifest`` (a CSV, or a folder whose subfolders are the
+  classes) plus a class file into a table with ``image``, ``patient_id``, ``split`` and the labels.
+* :func:`encode_images` embeds images in batches with the model's own preprocessing
+  (:func:`medclip.data.transforms.build_image_transform`); unreadable images are quarantined with
+  their reason instead of stopping the run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..errors import DataError, MedclipError, require_file
+from .prompts import ClassFile
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".dcm", ".dicom", ".bmp", ".tif", ".tiff")
+UNCERTAIN = -1  # CheXpert-style "uncertain" label: treated as unknown
+
+
+def folder_table(root: str | os.PathLike, cf: ClassFile) -> pd.DataFrame:
+    """Table of a class-per-subfolder image tree (``root/<class>/<image>``).
+
+    A file belongs to the class whose ``values`` (default: the class name) contain its folder name
+    and, when given, one of whose ``filename_contains`` strings is in its file name. Files matching
+    no class are left out (e.g. a folder the class file does not mention); a file matching two
+    classes is an error in the class file.
+    """
+    root = Path(root)
+    rows, patient = [], re.compile(cf.patient_regex) if cf.patient_regex else None
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        for path in sorted(folder.rglob("*")):
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            hits = [i for i, name in enumerate(cf.names) if _folder_matches(cf, name, folder.name, path.name)]
+            if len(hits) > 1:
+                raise DataError(f"{path}: matches classes {[cf.names[i] for i in hits]}; make 'values' / "
+                                "'filename_contains' in the class file exclusive")
+            if hits:
+                match = patient.search(path.name) if patient else None
+                rows.append({"image": str(path.resolve()), "label": hits[0], "split": "",
+                             "patient_id": match.group(0) if match else path.stem})
+    if not rows:
+        raise DataError(f"{root}: no images in subfolders named like the classes {cf.names} "
+                        "(expected <folder>/<class>/<image>; set 'values' in the class file)")
+    return pd.DataFrame(rows)
+
+
+def _folder_matches(cf: ClassFile, name: str, folder: str, filename: str) -> bool:
+    spec = cf.classes[name]
+    if folder.lower() not in [str(v).lower() for v in (spec.values or [name])]:
+        return False
+    return not spec.filename_contains or any(s.lower() in filename.lower() for s in spec.filename_contains)
+
+
+def manifest_table(path: str | os.PathLike, cf: ClassFile, image_column: str = "image") -> pd.DataFrame:
+    """Read a manifest CSV and attach labels from its columns (see :func:`read_labelled_images`)."""
+    require_file(path, "manifest")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+        raise DataError(f"{path}: not a readable CSV manifest ({str(exc).splitlines()[0]})") from None
+    if image_column not in df.columns:
+        raise DataError(f"{path}: no '{image_column}' column (columns: {', '.join(map(str, df.columns))})")
+    base = Path(path).resolve().parent
+    df["image"] = [str(p) if os.path.isabs(str(p)) else str(base / str(p)) for p in df[image_column]]
+    df["patient_id"] = df["patient_id"].str.strip() if "patient_id" in df.columns else ""
+    df["split"] = df["split"].str.strip().str.lower() if "split" in df.columns else ""
+    if cf.task == "single":
+        df["label"] = _single_labels(df, cf, path)
+    else:
+        for name, values in _multi_labels(df, cf).items():
+            df[f"label/{name}"] = values
+    return df
+
+
+def _single_labels(df: pd.DataFrame, cf: ClassFile, path) -> np.ndarray:
+    """Class index per row from ``cf.label_column`` (-1 where the value is no class: unlabelled)."""
+    if cf.label_column not in df.columns:
+        return np.full(len(df), -1)
+    lookup = {str(v).strip().lower(): i for i, n in enumerate(cf.names) for v in (cf.classes[n].values or [n])}
+    return np.array([lookup.get(str(v).strip().lower(), -1) for v in df[cf.label_column]])
+
+
+def _multi_labels(df: pd.DataFrame, cf: ClassFile) -> dict[str, np.ndarray]:
+    """1/0/NaN per condition from its column; a missing no_finding column is derived from the others."""
+    out = {}
+    for name in cf.names:
+        column = cf.classes[name].column or name
+        if column in df.columns:
+            values = pd.to_numeric(df[column], errors="coerce").to_numpy(dtype=float)
+            values[values == UNCERTAIN] = np.nan
+            out[name] = values
+    for name in cf.names:
+        if name not in out and cf.classes[name].no_finding and out:
+            others = np.stack(list(out.values()), 1)
+            derived = np.where((others == 1).any(1), 0.0, np.where((others == 0).all(1), 1.0, np.nan))
+            out[name] = derived
+        out.setdefault(name, np.full(len(df), np.nan))
+    return {name: out[name] for name in cf.names}
+
+
+def read_labelled_images(source: str | os.PathLike, cf: ClassFile, image_column: str = "image") -> pd.DataFrame:
+    """Images and labels from a manifest CSV or a class-per-folder tree.
+
+    Args:
+        source: a CSV manifest (columns ``image``, optional ``patient_id``, ``split`` and label columns)
+            or a folder whose subfolders are the classes (single-label only).
+        cf: the class file (says which columns/folders hold which class).
+        image_column: the manifest's image-path column (relative paths are relative to the manifest).
+
+    Returns:
+        DataFrame with ``image`` (absolute path), ``patient_id``, ``split`` (``""`` when absent) and
+        ``label`` (class index, -1 = unlabelled) for single-label or ``label/<condition>`` (1/0/NaN)
+        for multi-label, plus the manifest's other columns.
+    """
+    if os.path.isdir(source):
+        if cf.task != "single":
+            raise DataError(f"{source}: a folder tree gives one class per image; use a manifest CSV with one "
+                            "column per condition for a multi-label class file")
+        return folder_table(source, cf)
+    return manifest_table(source, cf, image_column)
+
+
+def label_arrays(df: pd.DataFrame, cf: ClassFile) -> np.ndarray:
+    """Labels of the table as the metrics expect them: ``(N,)`` indices or ``(N, K)`` 1/0/NaN."""
+    if cf.task == "single":
+        return df["label"].to_numpy(dtype=float)
+    return np.stack([df[f"label/{n}"].to_numpy(dtype=float) for n in cf.names], 1)
+
+
+class _ImageFiles(torch.utils.data.Dataset):
+    def __init__(self, paths, transform):
+        self.paths, self.transform = list(paths), transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        try:
+            return i, self.transform(self.paths[i]), ""
+        except (MedclipError, OSError, ValueError, RuntimeError) as exc:  # decoders raise several kinds
+            return i, None, str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def _collate(items):
+    ok = [(i, x) for i, x, _ in items if x is not None]
+    bad = [(i, reason) for i, x, reason in items if x is None]
+    images = torch.stack([x for _, x in ok]) if ok else None
+    return [i for i, _ in ok], images, bad
+
+
+@torch.no_grad()
+def encode_images(model, paths, transform=None, batch_size: int = 32, num_workers: int = 0,
+                  progress: bool = True) -> tuple[torch.Tensor, np.ndarray, list[tuple[int, str]]]:
+    """Normalised image embeddings of ``paths`` (in order), skipping unreadable files.
+
+    Args:
+        model: a :class:`medclip.CLIP` (in eval mode).
+        paths: image files.
+        transform: ``path -> (C, H, W)`` tensor; default: the model's eval preprocessing.
+        batch_size: images per forward pass.
+        num_workers: DataLoader workers.
+        progress: show a tqdm bar.
+
+    Returns:
+        ``(features (M, D), indices of the M encoded paths, [(index, reason), ...] of the quarantined)``.
+    """
+    from tqdm.auto import tqdm
+
+    if transform is None:
+        from ..data.transforms import build_image_transform
+
+        transform = build_image_transform(model.config.vision, train=False)
+    loader = torch.utils.data.DataLoader(_ImageFiles(paths, transform), batch_size=batch_size,
+                                         num_workers=num_workers, collate_fn=_collate)
+    device = next(model.parameters()).device
+    feats, kept, bad = [], [], []
+    for index, images, failed in tqdm(loader, desc="images", disable=not progress, leave=False):
+        bad += failed
+        if images is not None:
+            feats.append(model.encode_image(images.to(device)).float().cpu())
+            kept += index
+    if not feats:
+        reason = bad[0][1] if bad else "no images given"
+        raise DataError(f"no image could be read ({len(bad)} failed; first: {reason})")
+    return torch.cat(feats), np.asarray(kept, dtype=int), bad

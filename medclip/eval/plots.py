@@ -1,0 +1,147 @@
+"""Evaluation figures (matplotlib, Agg backend, saved as PNG): ROC curves with bootstrap CI bands,
+reliability diagrams, confusion matrices and grids of example images.
+
+Every function returns the matplotlib ``Figure`` and, given ``path``, also writes it as a PNG, so the
+same calls serve the CLI (files) and the notebook (inline display).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from .metrics import bootstrap_indices
+
+
+def _pyplot():
+    import matplotlib
+
+    if "ipykernel" not in str(matplotlib.get_backend()).lower() and "inline" not in str(matplotlib.get_backend()):
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | os.PathLike | None):
+    if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+    return fig
+
+
+def roc_band(y: np.ndarray, score: np.ndarray, groups=None, n_bootstrap: int = 200, seed: int = 0,
+             ci: float = 0.95, grid: int = 101) -> dict[str, np.ndarray]:
+    """ROC curve on a fixed false-positive-rate grid, with a percentile-bootstrap band of the TPR.
+
+    Returns:
+        dict with ``fpr`` (grid), ``tpr`` (point curve), ``low`` and ``high`` (band).
+    """
+    from sklearn.metrics import roc_curve
+
+    keep = ~np.isnan(y)
+    y, score = y[keep].astype(int), score[keep]
+    groups = None if groups is None else np.asarray(groups)[keep]
+    fpr_grid = np.linspace(0, 1, grid)
+
+    def curve(idx):
+        if y[idx].min() == y[idx].max():
+            return None
+        fpr, tpr, _ = roc_curve(y[idx], score[idx])
+        return np.interp(fpr_grid, fpr, tpr)
+
+    point = curve(np.arange(len(y)))
+    if point is None:
+        return {"fpr": fpr_grid, "tpr": np.full(grid, np.nan), "low": np.full(grid, np.nan),
+                "high": np.full(grid, np.nan)}
+    curves = [c for c in map(curve, bootstrap_indices(len(y), groups, n_bootstrap, seed)) if c is not None]
+    q = [100 * (1 - ci) / 2, 100 * (1 + ci) / 2]
+    low, high = np.percentile(np.stack(curves), q, axis=0) if curves else (point, point)
+    return {"fpr": fpr_grid, "tpr": point, "low": low, "high": high}
+
+
+def plot_roc(y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str], task: str = "single",
+             metrics: dict | None = None, groups=None, n_bootstrap: int = 200, seed: int = 0, path=None):
+    """One ROC curve per class (one-vs-rest for single-label) with its 95% bootstrap band.
+
+    Args:
+        metrics: the output of :func:`medclip.eval.metrics.evaluate` (AUROC and CI go in the legend).
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for c, name in enumerate(class_names):
+        y = (np.asarray(y_true) == c).astype(float) if task == "single" else np.asarray(y_true, float)[:, c]
+        if task == "single" and len(class_names) == 2 and c == 0:
+            continue  # binary: the two one-vs-rest curves are mirror images; show the positive class
+        band = roc_band(y, probs[:, c], groups, n_bootstrap, seed)
+        if np.isnan(band["tpr"]).all():
+            continue
+        label = name
+        if metrics and f"auroc/{name}" in metrics["metrics"]:
+            m = metrics["metrics"][f"auroc/{name}"]
+            label = f"{name}: AUROC {m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
+        (line,) = ax.plot(band["fpr"], band["tpr"], label=label)
+        ax.fill_between(band["fpr"], band["low"], band["high"], color=line.get_color(), alpha=0.2)
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="chance")
+    ax.set(xlabel="False positive rate (1 - specificity)", ylabel="True positive rate (sensitivity)",
+           title="ROC curves (shaded: 95% bootstrap CI)", xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, path)
+
+
+def plot_reliability(curves: dict[str, dict], path=None):
+    """Reliability diagram: observed frequency vs predicted confidence per bin, one series per entry.
+
+    Args:
+        curves: label (e.g. ``"before scaling (ECE 0.21)"``) -> output of
+            :func:`medclip.eval.calibration.reliability_bins`.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="perfect calibration")
+    for label, bins in curves.items():
+        full = bins["count"] > 0
+        ax.plot(bins["confidence"][full], bins["accuracy"][full], "o-", label=label)
+    ax.set(xlabel="Predicted probability (confidence)", ylabel="Observed frequency (accuracy)",
+           title="Reliability diagram", xlim=(0, 1), ylim=(0, 1))
+    ax.legend(loc="upper left", fontsize=8)
+    return _save(fig, path)
+
+
+def plot_confusion(y_true: np.ndarray, y_pred: np.ndarray, class_names: Sequence[str], path=None):
+    """Confusion matrix (rows: true class, columns: predicted) with counts and row percentages."""
+    from sklearn.metrics import confusion_matrix
+
+    plt = _pyplot()
+    k = len(class_names)
+    cm = confusion_matrix(y_true, y_pred, labels=list(range(k)))
+    rows = cm.sum(1, keepdims=True).clip(min=1)
+    fig, ax = plt.subplots(figsize=(1.2 * k + 2.5, 1.2 * k + 2))
+    ax.imshow(cm / rows, cmap="Blues", vmin=0, vmax=1)
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, f"{cm[i, j]}\n{100 * cm[i, j] / rows[i, 0]:.0f}%", ha="center", va="center",
+                    color="white" if cm[i, j] / rows[i, 0] > 0.5 else "black", fontsize=9)
+    ax.set(xticks=range(k), yticks=range(k), xticklabels=class_names, yticklabels=class_names,
+           xlabel="Predicted", ylabel="True", title="Confusion matrix")
+    return _save(fig, path)
+
+
+def plot_examples(paths: Sequence[str], titles: Sequence[str], ncols: int = 4, path=None):
+    """A grid of images (grayscale) with a title each, e.g. the model's most/least confident cases."""
+    from ..data.transforms import load_image
+
+    plt = _pyplot()
+    n = max(len(paths), 1)
+    nrows = (n + ncols - 1) // ncols
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3 * ncols, 3.2 * nrows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, title in zip(axes.flat, paths, titles):
+        arr = load_image(image)
+        ax.imshow(arr if arr.ndim == 3 else arr, cmap=None if arr.ndim == 3 else "gray", vmin=0, vmax=1)
+        ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -1,0 +1,263 @@
+"""Zero-shot classification: classes described by text prompts, no training.
+
+* **single-label** (``task: single``): ``logits = logit_scale * image @ classes.T``; softmax over classes.
+* **multi-label** (``task: multi``, as CheXzero): each condition has a positive and a negative prompt
+  ensemble; its logit is ``logit_scale * image @ (pos - neg)``, and ``sigmoid(logit)`` equals the
+  softmax over the (positive, negative) pair. Conditions are scored independently.
+
+:func:`run_zeroshot` goes from a model, a manifest (or class-per-folder tree) and a class file to a
+per-image probability table plus metrics with bootstrap CIs, calibration (optionally temperature
+scaling fitted on a validation split) and figures. See :mod:`medclip.eval.prompts` for class files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..errors import DataError
+from .calibration import expected_calibration_error, fit_temperature, probabilities, reliability_bins
+from .inputs import encode_images, label_arrays, read_labelled_images
+from .metrics import evaluate
+from .prompts import ClassFile, class_embeddings, load_class_file, negative_texts, positive_texts
+
+
+class ZeroShotClassifier:
+    """Text-defined classifier over image embeddings.
+
+    Args:
+        model: a :class:`medclip.CLIP`.
+        classes: a :class:`ClassFile` (or a path to one).
+        tokenizer: defaults to the model's tokenizer.
+        cache_dir: prompt-embedding cache folder (None: no cache).
+        fingerprint: precomputed weights hash for the cache key.
+    """
+
+    def __init__(self, model, classes: ClassFile | str, tokenizer=None, cache_dir: str | None = None,
+                 fingerprint: str | None = None):
+        self.classes = load_class_file(classes) if isinstance(classes, (str, os.PathLike)) else classes
+        self.task = self.classes.task
+        with torch.no_grad():
+            self.positive, self.negative = class_embeddings(model, self.classes, tokenizer, cache_dir, fingerprint)
+            self.logit_scale = float(model.get_logit_scale())
+
+    @property
+    def names(self) -> list[str]:
+        return self.classes.names
+
+    def logits(self, image_features: torch.Tensor) -> torch.Tensor:
+        """``(N, K)`` logits: class scores (single) or positive-minus-negative scores (multi)."""
+        f = image_features.float()
+        scores = self.logit_scale * f @ self.positive.T
+        if self.task == "multi":
+            scores = scores - self.logit_scale * f @ self.negative.T
+        return scores
+
+    def predict_proba(self, image_features: torch.Tensor, temperature: float = 1.0) -> np.ndarray:
+        """Probabilities ``(N, K)``: softmax over classes (single) or per-condition sigmoid (multi)."""
+        return probabilities(self.logits(image_features).numpy(), self.task, temperature)
+
+
+@dataclass
+class ZeroShotResult:
+    """What :func:`run_zeroshot` returns.
+
+    Attributes:
+        table: one row per image: ``image``, ``patient_id``, ``split``, labels, ``prob/<class>``, ``logit/<class>``.
+        metrics: the metrics JSON content (also written to ``metrics.json``).
+        classes: the class file used.
+        quarantine: images that could not be read, with reasons.
+        figures: name -> path of the PNG figures written.
+    """
+
+    table: pd.DataFrame
+    metrics: dict
+    classes: ClassFile
+    quarantine: pd.DataFrame
+    figures: dict = field(default_factory=dict)
+
+    def eval_mask(self) -> np.ndarray:
+        """Rows the metrics were computed on (labelled, and not in the calibration split)."""
+        return self.table["evaluated"].to_numpy(dtype=bool)
+
+    def labels(self) -> np.ndarray:
+        return label_arrays(self.table, self.classes)
+
+    def probs(self) -> np.ndarray:
+        return self.table[[f"prob/{n}" for n in self.classes.names]].to_numpy(dtype=float)
+
+
+def _labelled(y: np.ndarray, task: str) -> np.ndarray:
+    return y >= 0 if task == "single" else ~np.isnan(y).all(1)
+
+
+def _calibration_split(table: pd.DataFrame, calibrate_on: str | None, val_fraction: float, seed: int) -> pd.Series:
+    """``split`` column: the manifest's, or a leak-free patient-level one when calibrating without it."""
+    if not calibrate_on or (table["split"] == calibrate_on).any():
+        return table["split"]
+    from ..data.splits import split_leak_free
+
+    split = split_leak_free(table[["image", "patient_id"]], val=val_fraction, test=0.0, seed=seed)["split"]
+    return split.replace({"val": calibrate_on, "train": "test"})
+
+
+def _cluster_ids(table: pd.DataFrame) -> np.ndarray:
+    from ..data.splits import leak_groups
+
+    return leak_groups(table[["image", "patient_id"]].astype(str))
+
+
+def score_table(clf: ZeroShotClassifier, table: pd.DataFrame, logits: np.ndarray, calibrate_on: str | None = None,
+                val_fraction: float = 0.2, seed: int = 0) -> tuple[pd.DataFrame, float]:
+    """Add ``logit/*``, ``prob/*`` and ``evaluated`` columns; fit a temperature on the calibration split."""
+    table = table.copy()
+    table["split"] = _calibration_split(table, calibrate_on, val_fraction, seed).to_numpy()
+    y = label_arrays(table, clf.classes)
+    labelled = _labelled(y, clf.task)
+    calib = (table["split"] == calibrate_on).to_numpy() & labelled if calibrate_on else np.zeros(len(table), bool)
+    temperature = 1.0
+    if calibrate_on:
+        if calib.sum() < 2:
+            raise DataError(f"--calibrate-on {calibrate_on}: only {int(calib.sum())} labelled images in that split; "
+                            "need at least 2 (or leave calibration off)")
+        temperature = fit_temperature(logits[calib], y[calib], clf.task)
+    probs = probabilities(logits, clf.task, temperature)
+    for c, name in enumerate(clf.names):
+        table[f"logit/{name}"] = logits[:, c]
+        table[f"prob/{name}"] = probs[:, c]
+    table["evaluated"] = labelled & ~calib
+    return table, temperature
+
+
+def compute_metrics(table: pd.DataFrame, clf: ZeroShotClassifier, temperature: float, n_bootstrap: int = 1000,
+                    seed: int = 0, threshold: float = 0.5, bootstrap_unit: str = "patient", n_bins: int = 15) -> dict:
+    """Metrics JSON content for the ``evaluated`` rows of a scored table (see :func:`score_table`)."""
+    rows = table[table["evaluated"]]
+    out: dict = {"task": clf.task, "classes": clf.names, "n_images": int(len(table)),
+                 "n_evaluated": int(len(rows)), "temperature": temperature, "logit_scale": clf.logit_scale}
+    if rows.empty:
+        out["note"] = "no labelled images to evaluate: probabilities only"
+        return out
+    y = label_arrays(rows, clf.classes)
+    probs = rows[[f"prob/{n}" for n in clf.names]].to_numpy(dtype=float)
+    raw = probabilities(rows[[f"logit/{n}" for n in clf.names]].to_numpy(dtype=float), clf.task)
+    groups = _cluster_ids(rows) if bootstrap_unit == "patient" else None
+    out.update(evaluate(y, probs, clf.names, clf.task, threshold, groups, n_bootstrap, seed))
+    out["calibration"] = {"n_bins": n_bins, "ece": expected_calibration_error(probs, y, clf.task, n_bins),
+                          "ece_before_scaling": expected_calibration_error(raw, y, clf.task, n_bins)}
+    return out
+
+
+def write_figures(result: ZeroShotResult, output: str, n_bootstrap: int = 200, seed: int = 0) -> dict[str, str]:
+    """ROC curves with CI bands, reliability diagram and (single-label) confusion matrix as PNGs."""
+    from . import plots
+
+    mask, cf, m = result.eval_mask(), result.classes, result.metrics
+    if not mask.any():
+        return {}
+    y, probs = result.labels()[mask], result.probs()[mask]
+    rows = result.table[mask]
+    figures = {name: os.path.join(output, f"{name}.png") for name in ("roc", "reliability", "confusion")}
+    plots.plot_roc(y, probs, cf.names, cf.task, m, _cluster_ids(rows), n_bootstrap, seed, figures["roc"])
+    raw = probabilities(rows[[f"logit/{n}" for n in cf.names]].to_numpy(dtype=float), cf.task)
+    curves = {f"zero-shot (ECE {m['calibration']['ece_before_scaling']:.3f})": raw}
+    if m["temperature"] != 1.0:
+        curves[f"temperature {m['temperature']:.2f} (ECE {m['calibration']['ece']:.3f})"] = probs
+    plots.plot_reliability({k: _pooled_bins(v, y, cf.task, m["calibration"]["n_bins"]) for k, v in curves.items()},
+                           figures["reliability"])
+    if cf.task == "single":
+        pred = (probs[:, 1] >= m["bootstrap"]["threshold"]).astype(int) if len(cf.names) == 2 else probs.argmax(1)
+        plots.plot_confusion(y.astype(int), pred, cf.names, figures["confusion"])
+    else:
+        del figures["confusion"]
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+    return figures
+
+
+def _pooled_bins(probs: np.ndarray, y: np.ndarray, task: str, n_bins: int) -> dict:
+    if task == "single":
+        return reliability_bins(probs.max(1), (probs.argmax(1) == y).astype(float), n_bins)
+    known = ~np.isnan(y)
+    return reliability_bins(probs[known], y[known], n_bins)
+
+
+def run_zeroshot(model, source: str, classes: ClassFile | str, output: str | None = None, *,
+                 calibrate_on: str | None = None, val_fraction: float = 0.2, n_bootstrap: int = 1000,
+                 seed: int = 0, threshold: float = 0.5, bootstrap_unit: str = "patient",
+                 batch_size: int = 32, num_workers: int = 0, cache_dir: str | None = None,
+                 fingerprint: str | None = None, figures: bool = True, progress: bool = True) -> ZeroShotResult:
+    """Zero-shot classify every image of ``source`` and evaluate against its labels.
+
+    Args:
+        model: a :class:`medclip.CLIP` (put in eval mode here).
+        source: a manifest CSV or a class-per-folder image tree.
+        classes: class file (path or :class:`ClassFile`).
+        output: folder for ``probabilities.csv``, ``metrics.json``, ``quarantine.csv`` and figures.
+        calibrate_on: split name (``val``) to fit temperature scaling on; metrics use the other rows.
+            Without a ``split`` column a leak-free patient-level split of ``val_fraction`` is made.
+        val_fraction: fraction of patients for the calibration split when one must be made.
+        n_bootstrap: bootstrap resamples for the CIs.
+        seed: seed of the bootstrap and of a generated calibration split.
+        threshold: decision threshold for F1/accuracy (binary and multi-label).
+        bootstrap_unit: ``patient`` (cluster bootstrap over patients/images) or ``image``.
+        batch_size: images per forward pass.
+        num_workers: DataLoader workers for image decoding.
+        cache_dir: prompt-embedding cache (None: no cache).
+        fingerprint: precomputed weights hash for the cache key.
+        figures: write the PNG figures (needs ``output``).
+        progress: show progress bars.
+    """
+    model.eval()
+    clf = ZeroShotClassifier(model, classes, cache_dir=cache_dir, fingerprint=fingerprint)
+    table = read_labelled_images(source, clf.classes)
+    features, kept, bad = encode_images(model, table["image"].tolist(), batch_size=batch_size,
+                                        num_workers=num_workers, progress=progress)
+    quarantine = pd.DataFrame([(table["image"].iat[i], reason) for i, reason in bad], columns=["image", "reason"])
+    table = table.iloc[kept].reset_index(drop=True)
+    logits = clf.logits(features).numpy()
+    table, temperature = score_table(clf, table, logits, calibrate_on, val_fraction, seed)
+    metrics = compute_metrics(table, clf, temperature, n_bootstrap, seed, threshold, bootstrap_unit)
+    metrics["n_quarantined"] = int(len(quarantine))
+    metrics["calibrate_on"] = calibrate_on
+    metrics["prompts"] = {n: {"positive": positive_texts(clf.classes, n),
+                              **({"negative": negative_texts(clf.classes, n)} if clf.task == "multi" else {})}
+                          for n in clf.names}
+    result = ZeroShotResult(table, metrics, clf.classes, quarantine)
+    if output:
+        _write_outputs(result, output, figures, seed)
+    return result
+
+
+def _write_outputs(result: ZeroShotResult, output: str, figures: bool, seed: int) -> None:
+    from .. import __version__
+
+    os.makedirs(output, exist_ok=True)
+    result.metrics["medclip_version"] = __version__
+    result.table.to_csv(os.path.join(output, "probabilities.csv"), index=False)
+    if len(result.quarantine):
+        result.quarantine.to_csv(os.path.join(output, "quarantine.csv"), index=False)
+    if figures:
+        result.figures = write_figures(result, output, seed=seed)
+        result.metrics["figures"] = {k: os.path.basename(v) for k, v in result.figures.items()}
+    with open(os.path.join(output, "metrics.json"), "w", encoding="utf-8") as f:
+        json.dump(json_safe(result.metrics), f, indent=2)
+
+
+def json_safe(value):
+    """Recursively turn numpy scalars into Python numbers and NaN/inf into ``None`` (strict JSON)."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, (np.floating, np.integer, np.bool_)):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
