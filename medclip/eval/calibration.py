@@ -75,7 +75,7 @@ def expected_calibration_error(probs, y_true, task: str = "single", n_bins: int 
 
 def probabilities(logits, task: str = "single", temperature: float = 1.0) -> np.ndarray:
     """Softmax (single-label) or sigmoid (multi-label) of ``logits / temperature``."""
-    z = torch.as_tensor(np.asarray(logits, dtype=np.float64)) / float(temperature)
+    z = torch.tensor(np.array(logits, dtype=np.float64)) / float(temperature)
     return (z.softmax(dim=-1) if task == "single" else z.sigmoid()).numpy()
 
 
@@ -103,8 +103,8 @@ def fit_temperature(logits, y_true, task: str = "single", bounds: tuple[float, f
     """
     from scipy.optimize import minimize_scalar
 
-    z = torch.as_tensor(np.asarray(logits, dtype=np.float64))
-    y = torch.as_tensor(np.asarray(y_true, dtype=np.float64))
+    z = torch.tensor(np.array(logits, dtype=np.float64))
+    y = torch.tensor(np.array(y_true, dtype=np.float64))
     if z.shape[0] < 2:
         raise DataError("temperature scaling needs at least 2 validation images")
 

@@ -59,28 +59,47 @@ def _folder_matches(cf: ClassFile, name: str, folder: str, filename: str) -> boo
     return not spec.filename_contains or any(s.lower() in filename.lower() for s in spec.filename_contains)
 
 
-def manifest_table(path: str | os.PathLike, cf: ClassFile, image_column: str = "image") -> pd.DataFrame:
-    """Read a manifest CSV and attach labels from its columns (see :func:`read_labelled_images`)."""
+def manifest_frame(path: str | os.PathLike) -> pd.DataFrame:
+    """A manifest CSV read as strings (empty cells stay ``""``)."""
     require_file(path, "manifest")
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+        return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
-        raise DataError(f"{path}: not a readable CSV manifest ({str(exc).splitlines()[0]})") from None
+        raise DataError(f"{path}: not a readable UTF-8 CSV manifest ({str(exc).splitlines()[0]})") from None
+
+
+def manifest_table(path: str | os.PathLike, cf: ClassFile, image_column: str = "image") -> pd.DataFrame:
+    """Read a manifest CSV and attach labels from its columns (see :func:`read_labelled_images`)."""
+    return attach_labels(manifest_frame(path), cf, Path(path).resolve().parent, image_column, str(path))
+
+
+def attach_labels(df: pd.DataFrame, cf: ClassFile, root: str | os.PathLike = ".", image_column: str = "image",
+                  where: str = "manifest") -> pd.DataFrame:
+    """Canonical ``image`` (absolute), ``patient_id``, ``split`` and label columns for a manifest table.
+
+    Args:
+        df: the manifest rows (as read from CSV).
+        cf: the class file.
+        root: folder that relative image paths are relative to.
+        image_column: the column of image paths.
+        where: name used in error messages.
+    """
     if image_column not in df.columns:
-        raise DataError(f"{path}: no '{image_column}' column (columns: {', '.join(map(str, df.columns))})")
-    base = Path(path).resolve().parent
-    df["image"] = [str(p) if os.path.isabs(str(p)) else str(base / str(p)) for p in df[image_column]]
-    df["patient_id"] = df["patient_id"].str.strip() if "patient_id" in df.columns else ""
-    df["split"] = df["split"].str.strip().str.lower() if "split" in df.columns else ""
+        raise DataError(f"{where}: no '{image_column}' column (columns: {', '.join(map(str, df.columns))})")
+    df = df.reset_index(drop=True).copy()
+    root = Path(root).resolve()
+    df["image"] = [str(p) if os.path.isabs(str(p)) else str(root / str(p)) for p in df[image_column]]
+    df["patient_id"] = df["patient_id"].fillna("").astype(str).str.strip() if "patient_id" in df.columns else ""
+    df["split"] = df["split"].fillna("").astype(str).str.strip().str.lower() if "split" in df.columns else ""
     if cf.task == "single":
-        df["label"] = _single_labels(df, cf, path)
+        df["label"] = _single_labels(df, cf)
     else:
         for name, values in _multi_labels(df, cf).items():
             df[f"label/{name}"] = values
     return df
 
 
-def _single_labels(df: pd.DataFrame, cf: ClassFile, path) -> np.ndarray:
+def _single_labels(df: pd.DataFrame, cf: ClassFile) -> np.ndarray:
     """Class index per row from ``cf.label_column`` (-1 where the value is no class: unlabelled)."""
     if cf.label_column not in df.columns:
         return np.full(len(df), -1)
@@ -106,12 +125,14 @@ def _multi_labels(df: pd.DataFrame, cf: ClassFile) -> dict[str, np.ndarray]:
     return {name: out[name] for name in cf.names}
 
 
-def read_labelled_images(source: str | os.PathLike, cf: ClassFile, image_column: str = "image") -> pd.DataFrame:
+def read_labelled_images(source: str | os.PathLike | pd.DataFrame, cf: ClassFile,
+                         image_column: str = "image") -> pd.DataFrame:
     """Images and labels from a manifest CSV or a class-per-folder tree.
 
     Args:
         source: a CSV manifest (columns ``image``, optional ``patient_id``, ``split`` and label columns)
-            or a folder whose subfolders are the classes (single-label only).
+            or a folder whose subfolders are the classes (single-label only), or an already loaded
+            manifest DataFrame (relative image paths are then relative to the working directory).
         cf: the class file (says which columns/folders hold which class).
         image_column: the manifest's image-path column (relative paths are relative to the manifest).
 
@@ -120,6 +141,8 @@ def read_labelled_images(source: str | os.PathLike, cf: ClassFile, image_column:
         ``label`` (class index, -1 = unlabelled) for single-label or ``label/<condition>`` (1/0/NaN)
         for multi-label, plus the manifest's other columns.
     """
+    if isinstance(source, pd.DataFrame):
+        return attach_labels(source, cf, image_column=image_column, where="manifest table")
     if os.path.isdir(source):
         if cf.task != "single":
             raise DataError(f"{source}: a folder tree gives one class per image; use a manifest CSV with one "
