@@ -338,3 +338,34 @@ def heldout_demo_report(model, manifest: str, output: str | None = None, prompts
             json.dump(json_safe(report), f, indent=2)
     return report
 
+
+
+def format_heldout(report: dict) -> str:
+    """One line for logs: held-out AUROC with CI (and among opacities)."""
+    a = report["auroc"]
+    line = (f"zero-shot on the held-out finding ({report['prompts'][0]!r}; {report['n_positive']} of "
+            f"{report['n_images']} val/test images): AUROC {a['value']:.3f} "
+            f"(95% CI {a['ci_low']:.3f}-{a['ci_high']:.3f})")
+    if "auroc_among_opacities" in report:
+        b = report["auroc_among_opacities"]
+        line += f"; among images with an opacity {b['value']:.3f} ({b['ci_low']:.3f}-{b['ci_high']:.3f})"
+    return line
+
+
+def pretrain_report(model_dir: str, recipe) -> str | None:
+    """Called by ``medclip pretrain`` at the end of a run: held-out zero-shot AUROC on a demo corpus.
+
+    Returns None (prints nothing) when the recipe's manifest is not a demo-corpus manifest. Writes
+    ``<run>/zeroshot_heldout/`` (probabilities, metrics, ROC plot, ``heldout.json``).
+    """
+    manifest = getattr(getattr(recipe, "data", None), "manifest", None)
+    if not manifest or not os.path.exists(manifest):
+        return None
+    columns = pd.read_csv(manifest, nrows=0).columns
+    if "heldout" not in columns or "opacity_left_upper" not in columns:
+        return None
+    from ..model import CLIP
+
+    model = CLIP.from_pretrained(model_dir)
+    output = os.path.join(os.path.dirname(os.path.abspath(model_dir)), "zeroshot_heldout")
+    return format_heldout(heldout_demo_report(model, manifest, output))
