@@ -1,0 +1,152 @@
+"""Datasets and data loaders: manifest → checked, split, cached, tokenised dict batches.
+
+A batch is a dict: ``image`` (B, C, H, W) float32, ``text`` (B, context_length) token ids,
+``patient_id`` and ``path`` (lists of str), and ``labels`` (B, n_labels) float32 when label columns
+are configured (NaN = unknown).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..errors import DataError
+from .config import DataConfig
+from .manifest import check_manifest, load_manifest, write_quarantine
+from .splits import check_splits, split_leak_free
+from .transforms import build_image_transform
+
+logger = logging.getLogger("medclip.data")
+
+
+class ImageReportDataset(Dataset):
+    """Image-report pairs from a checked manifest.
+
+    Args:
+        df: rows with ``image`` (path), ``text`` (or ``report``) and ``patient_id`` columns.
+        image_transform: callable ``path -> FloatTensor (C, H, W)`` (see ``build_image_transform``).
+        tokenizer: callable ``list[str] -> LongTensor (B, context_length)``.
+        label_columns: columns returned as a float ``labels`` vector.
+    """
+
+    def __init__(self, df: pd.DataFrame, image_transform, tokenizer, label_columns=()):
+        self.df = df.reset_index(drop=True)
+        self.image_transform, self.tokenizer = image_transform, tokenizer
+        self.label_columns = list(label_columns)
+        missing = [c for c in ["image", *self.label_columns] if c not in self.df.columns]
+        if missing:
+            raise DataError(f"dataset rows lack column(s) {', '.join(missing)}")
+        column = "text" if "text" in self.df.columns else "report"
+        self.texts = self.df[column].fillna("").astype(str).tolist()
+        self.paths = self.df["image"].astype(str).tolist()
+        self.patients = self.df["patient_id"].astype(str).tolist() if "patient_id" in self.df else [""] * len(df)
+        self.labels = (torch.tensor(self.df[self.label_columns].astype("float32").to_numpy())
+                       if self.label_columns else None)
+
+    def __len__(self) -> int:
+        return len(self.df)
+
+    def __getitem__(self, index: int) -> dict:
+        item = {
+            "image": self.image_transform(self.paths[index]),
+            "text": self.tokenizer([self.texts[index]])[0],
+            "patient_id": self.patients[index],
+            "path": self.paths[index],
+        }
+        if self.labels is not None:
+            item["labels"] = self.labels[index]
+        return item
+
+
+def prepare_manifest(data_config: DataConfig, decode=None, seed: int = 0,
+                     out_dir: str | os.PathLike | None = None) -> tuple[pd.DataFrame, pd.DataFrame, Path]:
+    """Load, check, quarantine and (if needed) split the manifest of ``data_config``.
+
+    Args:
+        data_config: the data config.
+        decode: image check callable (e.g. an ``ImageTransform.prepare`` that also fills the cache).
+        seed: split seed (used when the manifest has no split column).
+        out_dir: where ``quarantine.csv`` and ``splits.csv`` go (default: ``data_config.quarantine_dir``,
+            else the manifest's folder, else a temporary folder when that is read-only).
+
+    Returns:
+        ``(good rows with a split column, quarantine table, quarantine.csv path)``.
+    """
+    manifest = Path(data_config.manifest)
+    if data_config.demo and not manifest.exists():
+        from .demo import make_demo_corpus
+
+        logger.info("data: generating the demo corpus in %s", manifest.parent)
+        manifest = Path(make_demo_corpus(manifest.parent, manifest_name=manifest.name))
+    df = load_manifest(manifest, data_config.columns)
+    good, quarantine = check_manifest(df, data_config.sections, decode=decode,
+                                      verify_images=data_config.verify_images)
+    folder = Path(out_dir or data_config.quarantine_dir or manifest.parent)
+    if not os.access(folder if folder.exists() else folder.parent, os.W_OK):
+        folder = Path(tempfile.mkdtemp(prefix="medclip-quarantine-"))
+    qpath = write_quarantine(quarantine, folder)
+    if len(quarantine):
+        logger.warning("data: %d of %d manifest rows skipped (quarantined); the list with reasons is in %s",
+                       len(quarantine), len(df), qpath)
+    else:
+        logger.info("data: all %d manifest rows ok (empty quarantine list: %s)", len(df), qpath)
+    if good.empty:
+        raise DataError(f"{manifest}: no usable rows (all {len(df)} quarantined, see {qpath})")
+    given = good["split"] != ""
+    if given.all():
+        check_splits(good)
+    elif given.any():
+        raise DataError(f"{manifest}: split column is empty on {int((~given).sum())} of {len(good)} good rows; "
+                        f"fill it everywhere or delete it to split leak-free")
+    else:
+        good = split_leak_free(good, data_config.val, data_config.test, seed)
+        good.to_csv(folder / "splits.csv", index=False)
+        logger.info("data: leak-free split (seed %d) written to %s", seed, folder / "splits.csv")
+    return good, quarantine, qpath
+
+
+def build_dataloaders(data_config: DataConfig, model_config, tokenizer, seed: int = 0,
+                      out_dir: str | os.PathLike | None = None) -> dict[str, DataLoader]:
+    """Data loaders per split: checked rows only, leak-free splits, cached preprocessing, train augmentation.
+
+    Args:
+        data_config: the data config.
+        model_config: a :class:`medclip.config.ModelConfig` (or its ``vision`` config): image size,
+            channels and normalisation come from it.
+        tokenizer: ``medclip.get_tokenizer(model_config)``.
+        seed: split and shuffle seed.
+        out_dir: folder for ``quarantine.csv``/``splits.csv`` (e.g. the run folder).
+
+    Returns:
+        ``{"train": loader, "val": loader, "test": loader}`` for the splits that have rows; each
+        loader's ``dataset.df`` is the split's manifest.
+    """
+    vision = getattr(model_config, "vision", model_config)
+    kwargs = dict(resize=data_config.resize, cache_dir=data_config.cache_dir,
+                  window_index=data_config.window_index, frame=data_config.frame)
+    eval_tf = build_image_transform(vision, train=False, **kwargs)
+    train_tf = build_image_transform(vision, train=True, augment=data_config.augment, **kwargs)
+    good, _, _ = prepare_manifest(data_config, decode=eval_tf.prepare, seed=seed, out_dir=out_dir)
+    labels = data_config.columns.labels
+    loaders = {}
+    for split in ("train", "val", "test"):
+        rows = good[good["split"] == split]
+        if rows.empty:
+            continue
+        train = split == "train"
+        dataset = ImageReportDataset(rows, train_tf if train else eval_tf, tokenizer, labels)
+        generator = torch.Generator().manual_seed(seed)
+        loaders[split] = DataLoader(
+            dataset, batch_size=data_config.batch_size, shuffle=train, generator=generator,
+            drop_last=train and len(rows) >= data_config.batch_size, num_workers=data_config.num_workers,
+            persistent_workers=data_config.num_workers > 0,
+        )
+    sizes = ", ".join(f"{k} {len(v.dataset)}" for k, v in loaders.items())
+    logger.info("data: %s rows", sizes)
+    return loaders

@@ -1,0 +1,210 @@
+"""Decoding DICOM, PNG and JPEG files to float images in [0, 1], with one-line errors for bad files.
+
+DICOM goes through pydicom's own display pipeline, in the order the standard defines it:
+decode one frame (any transfer syntax pydicom has a plugin for) → palette colour LUT / colour space
+→ Modality LUT (rescale slope/intercept or LUT) → VOI LUT or window centre/width (the
+``window_index``-th; robust percentiles when the file has none) → invert MONOCHROME1 so that dense
+tissue is bright. PNG/JPEG files are scaled by their bit depth (8 or 16 bit).
+
+Nothing here ever logs or returns patient-identifying header values; :func:`phi_tags_present` reports
+only which PHI tags a file carries.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+
+DICOM_SUFFIXES = {".dcm", ".dicom", ".dic", ""}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
+# Header tags that identify a person (DICOM PS3.15 basic profile, the common ones). Values are never read out.
+PHI_TAGS = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientAddress", "PatientTelephoneNumbers",
+    "OtherPatientIDs", "OtherPatientNames", "PatientMotherBirthName", "MedicalRecordLocator",
+    "AccessionNumber", "InstitutionName", "InstitutionAddress", "ReferringPhysicianName",
+    "PerformingPhysicianName", "OperatorsName", "InstitutionalDepartmentName", "StationName",
+)
+DICOM_EXTRA_HINT = "pip install 'medclip[dicom]' (pylibjpeg + pylibjpeg-libjpeg/openjpeg)"
+PERCENTILES = (0.5, 99.5)
+
+
+def is_dicom(path: str | os.PathLike) -> bool:
+    """True when the file has the DICM preamble or a DICOM-like suffix (``.dcm``, none)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return head[128:132] == b"DICM" or Path(path).suffix.lower() in DICOM_SUFFIXES
+
+
+def read_image(path: str | os.PathLike, window_index: int = 0, frame: int = 0) -> np.ndarray:
+    """Decode any supported image file to float32 in [0, 1], shape (H, W) or (H, W, 3).
+
+    Args:
+        path: a DICOM, PNG or JPEG file.
+        window_index: DICOM only: which stored window / VOI LUT to apply.
+        frame: DICOM only: which frame of a multi-frame file.
+
+    Raises:
+        DataError: one line naming the file and what is wrong with it (missing, empty, not an image,
+            truncated, compressed without a decoder, NaN pixels, ...).
+    """
+    path = str(path)
+    if not os.path.exists(path):
+        raise DataError(f"{path}: file not found")
+    if os.path.getsize(path) == 0:
+        raise DataError(f"{path}: empty file (0 bytes)")
+    arr = read_dicom(path, window_index, frame) if is_dicom(path) else read_raster(path)
+    if not np.isfinite(arr).all():
+        raise DataError(f"{path}: image contains NaN or infinite pixel values")
+    return arr.astype(np.float32, copy=False)
+
+
+def read_raster(path: str) -> np.ndarray:
+    """PNG/JPEG/TIFF via Pillow → float in [0, 1] by bit depth (8-bit /255, 16-bit /65535)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                arr = np.asarray(im, dtype=np.float64) / 65535.0
+            elif im.mode == "F":
+                arr = np.asarray(im, dtype=np.float64)
+            elif im.mode in ("L", "1"):
+                arr = np.asarray(im.convert("L"), dtype=np.float64) / 255.0
+            else:
+                arr = np.asarray(im.convert("RGB"), dtype=np.float64) / 255.0
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{path}: not a readable image ({_first_line(exc)})") from None
+    return np.clip(arr, 0.0, 1.0) if np.isfinite(arr).all() else arr
+
+
+def read_dicom(path: str, window_index: int = 0, frame: int = 0) -> np.ndarray:
+    """One frame of a DICOM file through pydicom's display pipeline → float in [0, 1]."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(path)
+    except InvalidDicomError:
+        raise DataError(f"{path}: not a DICOM file (no DICM preamble); convert it or fix the path") from None
+    except Exception as exc:  # pydicom raises many types on damaged headers
+        raise DataError(f"{path}: unreadable DICOM header ({_first_line(exc)})") from None
+    if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        raise DataError(f"{path}: DICOM has no pixel data (no PixelData element); it is not an image object")
+    arr = _decode_frame(ds, path, frame)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    if photometric == "PALETTE COLOR" or arr.ndim == 3:
+        return _colour_to_unit(ds, arr, photometric, path)
+    return _grayscale_to_unit(ds, arr, photometric, window_index)
+
+
+def _decode_frame(ds, path: str, frame: int) -> np.ndarray:
+    from pydicom.pixels import pixel_array
+
+    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frame >= n_frames:
+        raise DataError(f"{path}: frame {frame} requested but the file has {n_frames} frame(s) (set data.frame)")
+    _require_decoder(ds, path)
+    try:
+        return pixel_array(ds, index=frame if n_frames > 1 else None)
+    except (ValueError, RuntimeError, OSError, EOFError, KeyError, AttributeError, TypeError) as exc:
+        msg = _first_line(exc)
+        if "missing dependencies" in msg or "plugin" in msg.lower():
+            raise DataError(f"{path}: cannot decode {ds.file_meta.TransferSyntaxUID.name}: "
+                            f"no decoder installed; {DICOM_EXTRA_HINT}") from None
+        raise DataError(f"{path}: pixel data cannot be decoded, file truncated or corrupt ({msg})") from None
+
+
+def _require_decoder(ds, path: str) -> None:
+    """Raise a one-line error naming the ``medclip[dicom]`` extra when no plugin can decode this syntax."""
+    from pydicom.pixels import get_decoder
+
+    uid = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if uid is None or not uid.is_compressed:
+        return
+    try:
+        decoder = get_decoder(uid)
+    except NotImplementedError:
+        raise DataError(f"{path}: transfer syntax {uid.name} is not supported by pydicom") from None
+    if not decoder.is_available:
+        raise DataError(f"{path}: {uid.name} DICOM needs a decoder that is not installed; {DICOM_EXTRA_HINT}")
+
+
+def _grayscale_to_unit(ds, arr: np.ndarray, photometric: str, window_index: int) -> np.ndarray:
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    arr = apply_modality_lut(arr, ds).astype(np.float64)
+    if not np.isfinite(arr).all():
+        return arr  # reported as NaN pixels by the caller
+    if _has_voi(ds):
+        index = min(window_index, _n_windows(ds) - 1)
+        arr = apply_voi_lut(arr, ds, index=index)
+        lo, hi = _voi_output_range(ds, arr, index)
+    else:  # no window stored: robust percentiles, as viewers do
+        lo, hi = np.percentile(arr, PERCENTILES)
+        arr = np.clip(arr, lo, hi)
+    out = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
+    out = np.clip(out, 0.0, 1.0)
+    return 1.0 - out if photometric == "MONOCHROME1" else out
+
+
+def _has_voi(ds) -> bool:
+    return "VOILUTSequence" in ds or ("WindowCenter" in ds and "WindowWidth" in ds)
+
+
+def _n_windows(ds) -> int:
+    if "VOILUTSequence" in ds:
+        return len(ds.VOILUTSequence)
+    return ds["WindowCenter"].VM or 1
+
+
+def _voi_output_range(ds, arr: np.ndarray, index: int) -> tuple[float, float]:
+    """Output range of the VOI transform: what it maps the lowest and highest possible inputs to."""
+    from pydicom.pixels import apply_voi_lut
+
+    extremes = np.array([-(2**40), 2**40], dtype=np.int64 if "VOILUTSequence" in ds else np.float64)
+    try:
+        lo, hi = (float(v) for v in apply_voi_lut(extremes, ds, index=index))
+    except (ValueError, IndexError, TypeError):
+        lo, hi = float(arr.min()), float(arr.max())
+    return (lo, hi) if hi > lo else (float(arr.min()), float(arr.max()))
+
+
+def _colour_to_unit(ds, arr: np.ndarray, photometric: str, path: str) -> np.ndarray:
+    from pydicom.pixels import apply_color_lut
+
+    if photometric == "PALETTE COLOR":
+        arr = apply_color_lut(arr, ds)
+    # YBR_FULL / YBR_FULL_422 were converted to RGB by pydicom's pixel_array (as_rgb=True, convert_color_space)
+    if arr.ndim != 3 or arr.shape[-1] != 3:
+        raise DataError(f"{path}: unsupported colour layout {arr.shape} ({photometric})")
+    if arr.dtype == np.uint8:
+        scale = 255.0
+    elif photometric == "PALETTE COLOR":
+        scale = 65535.0
+    else:
+        scale = float(2 ** int(ds.get("BitsStored", 8 * arr.dtype.itemsize)) - 1)
+    return np.clip(arr.astype(np.float64) / scale, 0.0, 1.0)
+
+
+def phi_tags_present(path: str | os.PathLike) -> list[str]:
+    """Names of the PHI tags a DICOM file carries (never their values); [] for non-DICOM or unreadable files."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=list(PHI_TAGS))
+    except Exception:  # a damaged file is reported by read_image, not here
+        return []
+    return [tag for tag in PHI_TAGS if tag in ds and str(ds[tag].value or "").strip()]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:200]

@@ -1,0 +1,205 @@
+"""Manifests: a CSV of image paths and reports, loaded with canonical column names and checked row by row.
+
+Canonical columns after :func:`load_manifest`: ``image`` (absolute path), ``report`` (text; read from
+``report_path`` files when the text column is absent or empty), ``patient_id``, ``study_id`` and
+``split`` (strings, ``""`` when absent), the configured label columns, every other column as is, plus
+``line`` (the row's line number in the CSV, header = line 1) and ``image_raw`` (the value as written).
+
+:func:`check_manifest` splits a manifest into good rows and a quarantine table (``line``, ``image``,
+``reason``): missing/empty/undecodable images, empty or non-UTF-8 reports, duplicate rows (same image
+and same report). The same image with different reports is kept: several captions of one image.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+
+from ..errors import DataError, MedclipError, require_file
+from .config import ManifestColumns
+from .reports import extract_sections, normalize_whitespace, read_report_file
+
+SPLITS = ("train", "val", "test")
+_SPLIT_ALIASES = {"training": "train", "valid": "val", "validation": "val", "dev": "val", "testing": "test"}
+QUARANTINE_COLUMNS = ["line", "image", "reason"]
+
+
+def load_manifest(path: str | os.PathLike, columns: ManifestColumns | dict | None = None) -> pd.DataFrame:
+    """Read a manifest CSV and rename its columns to medclip's canonical names.
+
+    Args:
+        path: the CSV file.
+        columns: a :class:`ManifestColumns` (or dict of its fields) naming your columns.
+
+    Returns:
+        A DataFrame with canonical columns (see the module docstring).
+
+    Raises:
+        DataError: the file is not a CSV, or a required/configured column is missing (the message lists
+            the columns found and the config key to set).
+    """
+    from ..config import from_dict
+
+    cols = columns if isinstance(columns, ManifestColumns) else from_dict(ManifestColumns, columns, "data.columns")
+    require_file(path, "manifest")
+    try:
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not a readable UTF-8 CSV manifest ({str(exc).splitlines()[0]})") from None
+    found = ", ".join(raw.columns) or "none"
+    if cols.image not in raw.columns:
+        raise DataError(f"{path}: no image column '{cols.image}' (columns: {found}); "
+                        f"set data.columns.image to the column holding image paths")
+    if cols.report not in raw.columns and cols.report_path not in raw.columns:
+        raise DataError(f"{path}: no report column '{cols.report}' or '{cols.report_path}' (columns: {found}); "
+                        f"set data.columns.report or data.columns.report_path")
+    missing = [c for c in cols.labels if c not in raw.columns]
+    if missing:
+        raise DataError(f"{path}: label column(s) {', '.join(missing)} not found (columns: {found}); "
+                        f"fix data.columns.labels")
+    return _canonical(raw, cols, Path(path).resolve().parent)
+
+
+def _canonical(raw: pd.DataFrame, cols: ManifestColumns, root: Path) -> pd.DataFrame:
+    rename = {getattr(cols, k): k for k in ("image", "report", "report_path", "patient_id", "study_id", "split")
+              if getattr(cols, k) in raw.columns and getattr(cols, k) != k}
+    canonical = set(rename.values())
+    clashes = [c for c in raw.columns if c in canonical and c not in rename]
+    df = raw.drop(columns=clashes).rename(columns=rename)
+    df.insert(0, "line", range(2, len(df) + 2))
+    df["image_raw"] = df["image"].str.strip()
+    df["image"] = [str((root / p).resolve()) if p else "" for p in df["image_raw"]]
+    for key in ("report", "report_path", "patient_id", "study_id", "split"):
+        if key not in df.columns:
+            df[key] = ""
+        df[key] = df[key].fillna("").astype(str)
+    df["patient_id"] = df["patient_id"].str.strip()
+    df["report_error"] = ""
+    for i in df.index[(df["report"].str.strip() == "") & (df["report_path"].str.strip() != "")]:
+        report_file = str((root / df.at[i, "report_path"].strip()).resolve())
+        try:
+            df.at[i, "report"] = read_report_file(report_file)
+        except (MedclipError, OSError) as exc:
+            df.at[i, "report_error"] = _reason(exc, report_file)
+    df["split"] = [_SPLIT_ALIASES.get(s.strip().lower(), s.strip().lower()) for s in df["split"]]
+    bad = sorted(set(df["split"]) - set(SPLITS) - {""})
+    if bad:
+        raise DataError(f"split column has unknown value(s) {', '.join(map(repr, bad))}; use train, val or test")
+    for label in cols.labels:
+        df[label] = pd.to_numeric(df[label].replace("", float("nan")), errors="coerce").astype("float32")
+    return df.reset_index(drop=True)
+
+
+def check_manifest(df: pd.DataFrame, sections: list[str] | None = ("findings", "impression"),
+                   decode: Callable[[str], object] | None = None, verify_images: bool = True,
+                   progress: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Validate every row; return ``(good_df, quarantine_df)``.
+
+    Good rows get a ``text`` column: the report sections that feed the text tower. Quarantine reasons
+    are one line each: ``image file not found``, ``empty file (0 bytes)``, ``not a DICOM file ...``,
+    ``empty report``, ``report is not UTF-8 ...``, ``duplicate of line N (same image and report)``, ...
+
+    Args:
+        df: a manifest from :func:`load_manifest`.
+        sections: report sections used as text (see :func:`~medclip.data.reports.extract_sections`).
+        decode: called once per distinct image path; raising :class:`~medclip.errors.MedclipError`
+            quarantines the image's rows (default: :func:`~medclip.data.transforms.load_image`).
+        verify_images: decode every image (otherwise only existence and size are checked).
+        progress: show a tqdm progress bar.
+    """
+    from tqdm.auto import tqdm
+
+    if decode is None:
+        from .transforms import load_image as decode
+    reasons: dict[int, str] = {}
+    texts = {}
+    first_seen: dict[tuple[str, str], int] = {}
+    for i, row in df.iterrows():
+        if row["report_error"]:
+            reasons[i] = row["report_error"]
+            continue
+        text = extract_sections(row["report"], sections)
+        if not normalize_whitespace(row["report"]):
+            reasons[i] = "empty report"
+        elif not text:
+            reasons[i] = f"report has none of the sections {', '.join(s.upper() for s in sections)}"
+        elif not row["image"]:
+            reasons[i] = "no image path in this row"
+        elif (row["image"], text) in first_seen:
+            reasons[i] = f"duplicate of line {first_seen[(row['image'], text)]} (same image and report)"
+        else:
+            first_seen[(row["image"], text)] = int(row["line"])
+            texts[i] = text
+    image_errors = {}
+    paths = sorted({df.at[i, "image"] for i in texts})
+    for path in tqdm(paths, desc="checking images", disable=not progress, leave=False):
+        image_errors[path] = _image_problem(path, decode if verify_images else None)
+    for i in texts:
+        if image_errors[df.at[i, "image"]]:
+            reasons[i] = image_errors[df.at[i, "image"]]
+    good = df.loc[[i for i in df.index if i not in reasons]].copy()
+    good["text"] = [texts[i] for i in good.index]
+    quarantine = pd.DataFrame([(int(df.at[i, "line"]), df.at[i, "image_raw"], reasons[i]) for i in sorted(reasons)],
+                              columns=QUARANTINE_COLUMNS)
+    return good.reset_index(drop=True), quarantine
+
+
+def _image_problem(path: str, decode: Callable | None) -> str:
+    """One-line reason why ``path`` is unusable, or ``""``."""
+    if not os.path.exists(path):
+        return "image file not found"
+    if os.path.isdir(path):
+        return "image path is a folder, not a file"
+    if os.path.getsize(path) == 0:
+        return "empty image file (0 bytes)"
+    if decode is None:
+        return ""
+    try:
+        decode(path)
+    except (MedclipError, OSError, ValueError, RuntimeError) as exc:
+        return _reason(exc, path)
+    return ""
+
+
+def _reason(exc: BaseException, path: str) -> str:
+    """The error's first line without the leading ``path: `` (the quarantine table names the file)."""
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return text[len(path) + 2:] if text.startswith(f"{path}: ") else text
+
+
+def write_quarantine(quarantine: pd.DataFrame, out_dir: str | os.PathLike) -> Path:
+    """Write ``quarantine.csv`` (line, image, reason) into ``out_dir`` and return its path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "quarantine.csv"
+    quarantine.reindex(columns=QUARANTINE_COLUMNS).to_csv(path, index=False)
+    return path
+
+
+def summarize(good: pd.DataFrame, quarantine: pd.DataFrame) -> pd.DataFrame:
+    """Summary table: rows ok, then rows quarantined per reason (durations/line numbers folded together)."""
+    kinds = Counter(_reason_kind(r) for r in quarantine["reason"])
+    rows = [("ok", len(good))] + sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0]))
+    return pd.DataFrame(rows, columns=["status", "rows"])
+
+
+def _reason_kind(reason: str) -> str:
+    """Group reasons that differ only by details (``duplicate of line 7`` → ``duplicate``)."""
+    if reason.startswith("duplicate of line"):
+        return "duplicate row (same image and report)"
+    return reason.split(" (")[0]
+
+
+def phi_tag_counts(paths) -> dict[str, int]:
+    """How many DICOM files carry each PHI tag (counts only; values are never read out or logged)."""
+    from .dicom import is_dicom, phi_tags_present
+
+    counts: Counter = Counter()
+    for path in paths:
+        if path and os.path.isfile(path) and is_dicom(path):
+            counts.update(phi_tags_present(path))
+    return dict(sorted(counts.items()))
