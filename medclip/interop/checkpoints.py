@@ -1,15 +1,13 @@
 """Reading foreign weight files safely: safetensors, or plain state dicts via ``torch.load(weights_only=True)``.
 
-Keys come back in *file order* (for safetensors the header's data offsets give the order the tensors
-were written in), which the ``in_order`` key map relies on. Training checkpoints that wrap the weights
+``torch.save``-d state dicts keep their key order (the layer order), which the ``in_order`` key map relies
+on; safetensors files do not (they are stored sorted). Training checkpoints that wrap the weights
 (``{"state_dict": ...}``, ``{"model": ...}``) and DDP's ``module.`` prefix are unwrapped.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import struct
 
 import torch
 
@@ -20,7 +18,7 @@ WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module")
 
 
 def read_state_dict(path: str | os.PathLike, what: str = "weights file") -> dict[str, torch.Tensor]:
-    """Load a weights file (``pkg:`` paths allowed) into an ordered ``{name: tensor}`` dict on CPU.
+    """Load a weights file (``pkg:`` paths allowed) into a ``{name: tensor}`` dict on CPU.
 
     Args:
         path: a ``.safetensors`` file, or a ``torch.save``-d plain state dict (``.pt``/``.pth``/``.bin``).
@@ -48,14 +46,9 @@ def _read_safetensors(path: str) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     try:
-        state = load_file(path, device="cpu")
-        with open(path, "rb") as f:
-            (header_len,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(header_len))
+        return load_file(path, device="cpu")
     except Exception as exc:  # safetensors raises its own types for truncated/corrupt headers
         raise CheckpointError(f"{path}: cannot read safetensors weights ({exc}); the file is corrupt") from None
-    order = sorted((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"][0])
-    return {k: state[k] for k in order}
 
 
 def _read_torch(path: str) -> dict:

