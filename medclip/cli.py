@@ -17,6 +17,7 @@ from .errors import MedclipError
 # name -> (module with add_arguments/run, one-line help). Keep sorted by workflow order.
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("medclip.commands.info", "list model architectures or describe one (parameter counts)"),
+    "pretrain": ("medclip.commands.pretrain", "contrastive pretraining from a recipe (also under torchrun)"),
     "convert": ("medclip.commands.convert", "convert HF CLIPModel / open_clip weights to a medclip model folder"),
     "zeroshot": ("medclip.commands.zeroshot", "zero-shot classify images by text prompts; metrics with 95% CIs"),
     "retrieve": ("medclip.commands.retrieve", "image<->report retrieval R@1/5/10, median rank, alignment/uniformity"),

@@ -122,7 +122,8 @@ def tiled_clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, l
     _check_pair(image_features, text_features)
     if not torch.is_tensor(logit_scale):
         logit_scale = torch.tensor(float(logit_scale), device=image_features.device)
-    return TiledInfoNCE.apply(image_features, text_features, logit_scale.reshape(()), block)
+    with torch.autocast(image_features.device.type, enabled=False):  # the Function keeps its own precision
+        return TiledInfoNCE.apply(image_features, text_features, logit_scale.reshape(()), block)
 
 
 LOSSES = {"dense": clip_loss, "tiled": tiled_clip_loss}

@@ -1,0 +1,119 @@
+"""Everything a run needs before its first step: device precision, model (locked, checkpointed, DDP), data."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import warnings
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from ..errors import ConfigError, DataError
+from .distributed import DistInfo, ShardedBatchSampler
+
+logger = logging.getLogger("medclip.train")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch, NumPy and Python's ``random``."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def resolve_precision(requested: str, device: torch.device, allow_slow_bf16: bool = False) -> str:
+    """``auto`` → bf16 (CUDA with bf16) / fp16 (older CUDA) / fp32 (CPU); refuse slow or impossible choices.
+
+    Raises:
+        ConfigError: fp16 on CPU, or bf16 on a CPU without native bf16 unless ``allow_slow_bf16``.
+    """
+    if device.type == "cuda":
+        if requested == "auto":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return requested
+    if requested == "fp16":
+        raise ConfigError("train.precision=fp16 needs a CUDA GPU; on CPU use fp32 (default) or bf16")
+    if requested == "bf16" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        if not allow_slow_bf16:
+            raise ConfigError("this CPU has no native bf16 (AVX512-BF16/AMX): bf16 would be hundreds of times "
+                              "slower than fp32. Use train.precision=fp32, or set train.allow_slow_bf16=true")
+        warnings.warn("bf16 on a CPU without native bf16 support: expect a very slow run", stacklevel=2)
+    return "fp32" if requested == "auto" else requested
+
+
+def autocast_context(device: torch.device, precision: str):
+    """The ``torch.autocast`` context of a precision (a no-op context for fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def build_model(recipe, info: DistInfo):
+    """Create the model (seeded, identical on every rank), lock towers, enable checkpointing, wrap in DDP.
+
+    Returns:
+        ``(model_for_training, unwrapped_model)``: the first is DDP-wrapped when ``world_size > 1``.
+    """
+    from ..factory import create_model
+
+    cfg = recipe.train
+    torch.manual_seed(cfg.seed)
+    model = create_model(recipe.model, device=info.device)
+    for locked, tower in ((cfg.lock_image, model.visual), (cfg.lock_text, model.text)):
+        if locked:
+            tower.requires_grad_(False)
+    if cfg.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    set_train_mode(model, cfg)
+    if info.world_size == 1:
+        return model, model
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [info.local_rank] if info.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False), model
+
+
+def set_train_mode(model, cfg) -> None:
+    """Train mode, except locked towers stay in eval mode (frozen dropout and norm statistics)."""
+    model.train()
+    if cfg.lock_image:
+        model.visual.eval()
+    if cfg.lock_text:
+        model.text.eval()
+
+
+def build_data(recipe, model_config, info: DistInfo, run_dir) -> tuple:
+    """Data loaders of the data layer, plus the resumable sharded batch sampler for training.
+
+    Returns:
+        ``(train_dataset, sampler, val_loader_or_None, batch_size)``.
+
+    Raises:
+        DataError: when the training split is smaller than one global batch.
+    """
+    from ..data.dataset import build_dataloaders
+    from ..tokenizer import get_tokenizer
+
+    cfg = recipe.train
+    loaders = build_dataloaders(recipe.data, model_config, get_tokenizer(model_config), seed=cfg.seed,
+                                out_dir=run_dir if info.is_main else None)
+    if "train" not in loaders:
+        raise DataError(f"{recipe.data.manifest}: no training rows (check the split column)")
+    dataset = loaders["train"].dataset
+    batch_size = cfg.batch_size or recipe.data.batch_size
+    if len(dataset) < batch_size * info.world_size:
+        raise DataError(f"{recipe.data.manifest}: {len(dataset)} training rows, fewer than one global batch "
+                        f"({batch_size} x {info.world_size} processes); lower train.batch_size")
+    sampler = ShardedBatchSampler(len(dataset), batch_size, cfg.seed, info.rank, info.world_size)
+    return dataset, sampler, loaders.get("val", loaders.get("test")), batch_size
+
+
+def train_loader(dataset, sampler: ShardedBatchSampler, recipe, epoch: int, start: int, device) -> DataLoader:
+    """A loader for one epoch from micro-batch ``start``; worker seeds depend only on (seed, epoch)."""
+    sampler.set_epoch(epoch, start)
+    generator = torch.Generator().manual_seed(recipe.train.seed * 7919 + epoch)
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=recipe.data.num_workers, generator=generator,
+                      pin_memory=device.type == "cuda")

@@ -1,0 +1,159 @@
+"""Training config and recipes.
+
+A recipe is a YAML file with three sections, loaded strictly (an unknown key is a one-line error)::
+
+    model: tiny-vit                  # a registered architecture, or {name: ViT-B-16, vision: {in_chans: 1}},
+                                     # or a full nested model config (embed_dim, vision, text, ...)
+    data: {manifest: demo_data/manifest.csv, demo: true, batch_size: 32}     # medclip.data.DataConfig
+    train: {epochs: 10, lr: 5e-4, loss: tiled}                               # TrainConfig below
+
+Relative paths in a recipe (``data.manifest``, ``data.cache_dir``, ...) are relative to the **current
+directory** — run ``medclip pretrain`` from the repository root, as the shipped recipes assume.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..config import ModelConfig, apply_overrides, from_dict, load_yaml, to_dict
+from ..errors import ConfigError
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and bookkeeping of a pretraining run.
+
+    Attributes:
+        seed: seed of model init, shuffling, augmentation and dropout.
+        epochs: passes over the training split.
+        max_steps: stop after this many optimizer steps (overrides ``epochs`` when smaller).
+        batch_size: per-process batch; None uses ``data.batch_size``. The global batch (the negatives of
+            the loss) is ``batch_size × processes``.
+        accumulation: micro-batches summed into one optimizer step (plain accumulation: each micro-batch
+            has its own negatives; use ``gradcache_chunk`` for one big contrastive batch).
+        gradcache_chunk: when > 0, embed the batch in chunks of this size without a graph, take the loss
+            over the whole batch, then replay the chunks with gradients (GradCache). 0 = off.
+        lr: peak learning rate (AdamW).
+        weight_decay: AdamW decay on weight matrices only (open_clip rule: no decay on biases, norms,
+            ``logit_scale``, other 1-D parameters; embeddings too when ``decay_embeddings`` is false).
+        decay_embeddings: apply weight decay to token/positional embeddings.
+        betas: AdamW betas.
+        eps: AdamW epsilon.
+        warmup: linear warmup steps before the cosine decay to 0.
+        clip_grad: gradient-norm clip (0 = off).
+        precision: ``auto`` (CUDA: bf16 where supported, else fp16 + GradScaler; CPU: fp32), ``fp32``,
+            ``bf16`` or ``fp16`` (CUDA only).
+        loss: ``dense`` (N × N logits) or ``tiled`` (exact, O(N·d) memory, see medclip.loss).
+        lock_image: freeze the image tower.
+        lock_text: freeze the text tower.
+        grad_checkpointing: recompute tower activations in backward (less memory, slower).
+        eval_every: validate every this many epochs (0 = never); also at the end.
+        checkpoint_every: also checkpoint every this many steps (0 = at epoch ends only).
+        keep_last_k: step checkpoints kept (plus ``best``).
+        log_every: steps between log rows / progress updates.
+        max_minutes: stop cleanly (with a checkpoint) after this much training time.
+        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+        allow_slow_bf16: allow ``bf16`` on a CPU without native bf16 (hundreds of times slower).
+    """
+
+    seed: int = 0
+    epochs: int = 1
+    max_steps: int | None = None
+    batch_size: int | None = None
+    accumulation: int = 1
+    gradcache_chunk: int = 0
+    lr: float = 5e-4
+    weight_decay: float = 0.2
+    decay_embeddings: bool = False
+    betas: list = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1e-6
+    warmup: int = 100
+    clip_grad: float = 1.0
+    precision: str = "auto"
+    loss: str = "tiled"
+    lock_image: bool = False
+    lock_text: bool = False
+    grad_checkpointing: bool = False
+    eval_every: int = 1
+    checkpoint_every: int = 0
+    keep_last_k: int = 2
+    log_every: int = 10
+    max_minutes: float | None = None
+    device: str = "auto"
+    allow_slow_bf16: bool = False
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)}; got '{self.precision}'")
+        if self.loss not in ("dense", "tiled"):
+            raise ConfigError(f"train.loss must be 'dense' or 'tiled'; got '{self.loss}'")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"train.device must be auto, cpu or cuda; got '{self.device}'")
+        for name in ("epochs", "accumulation", "keep_last_k", "log_every"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be an integer >= 1, got {getattr(self, name)!r}")
+        for name in ("gradcache_chunk", "warmup", "eval_every", "checkpoint_every"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ConfigError(f"train.{name} must be an integer >= 0, got {getattr(self, name)!r}")
+        if self.max_steps is not None and (not isinstance(self.max_steps, int) or self.max_steps < 1):
+            raise ConfigError(f"train.max_steps must be an integer >= 1 (or null), got {self.max_steps!r}")
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
+            raise ConfigError(f"train.lr must be a positive number, got {self.lr!r}")
+        if len(self.betas) != 2:
+            raise ConfigError(f"train.betas needs two values, got {self.betas}")
+        if self.lock_image and self.lock_text:
+            raise ConfigError("train.lock_image and train.lock_text are both true: nothing but the "
+                              "temperature would train; unlock one tower")
+
+
+@dataclass
+class Recipe:
+    """A resolved recipe: the model, data and train configs plus the plain dict they came from."""
+
+    model: ModelConfig
+    data: object  # medclip.data.config.DataConfig
+    train: TrainConfig
+    raw: dict
+
+    def to_dict(self) -> dict:
+        """The fully resolved recipe (every default filled in), as saved with runs and checkpoints."""
+        return {"model": to_dict(self.model), "data": to_dict(self.data), "train": to_dict(self.train)}
+
+
+def build_model_config(spec) -> ModelConfig:
+    """``model:`` section → :class:`ModelConfig` (a name, ``{name: X, **overrides}`` or a full config)."""
+    from ..registry import get_model_config
+
+    if isinstance(spec, str):
+        return get_model_config(spec)
+    if isinstance(spec, dict):
+        spec = dict(spec)
+        name = spec.pop("name", None)
+        return get_model_config(str(name), **spec) if name else from_dict(ModelConfig, spec, "model")
+    raise ConfigError(f"recipe 'model' must be an architecture name or a mapping, got {type(spec).__name__}")
+
+
+def recipe_from_dict(data: dict, where: str = "recipe") -> Recipe:
+    """Validate a recipe dict (sections ``model``, ``data``, ``train``) into a :class:`Recipe`."""
+    from ..data.config import DataConfig
+
+    unknown = sorted(set(data) - {"model", "data", "train"})
+    if unknown:
+        raise ConfigError(f"{where}: unknown section '{unknown[0]}' (valid sections: data, model, train)")
+    if "model" not in data:
+        raise ConfigError(f"{where}: missing 'model' section (e.g. model: tiny-vit)")
+    model = build_model_config(data["model"])
+    return Recipe(model=model, data=from_dict(DataConfig, data.get("data"), "data"),
+                  train=from_dict(TrainConfig, data.get("train"), "train"), raw=data)
+
+
+def load_recipe(path, overrides: list[str] | None = None) -> Recipe:
+    """Read a recipe YAML, apply ``--set section.key=value`` overrides and validate it."""
+    data = apply_overrides(load_yaml(path), overrides)
+    try:
+        return recipe_from_dict(data, str(path))
+    except ConfigError as exc:
+        msg = str(exc)
+        raise ConfigError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None

@@ -1,0 +1,97 @@
+"""Multi-process training helpers: process-group setup from ``torchrun`` variables and a resumable sharded sampler.
+
+``torchrun --nproc-per-node N -m medclip pretrain ...`` sets ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``;
+:func:`init_distributed` then joins the group (NCCL on CUDA, gloo on CPU). Without those variables
+everything runs as one process and these helpers are no-ops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistInfo:
+    """Where this process stands: ``rank`` of ``world_size``, and its device."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 logs, validates and writes checkpoints."""
+        return self.rank == 0
+
+
+def init_distributed(device: str = "auto") -> DistInfo:
+    """Join the process group named by ``torchrun``'s environment (or run as a single process).
+
+    Args:
+        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+    """
+    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    dev = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return DistInfo(rank, world_size, local_rank, dev)
+
+
+def cleanup_distributed() -> None:
+    """Leave the process group (if any)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    """Wait for all processes (no-op in a single process)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def no_sync(model, sync: bool):
+    """DDP's ``no_sync()`` for accumulation micro-batches that must not all-reduce yet."""
+    return contextlib.nullcontext() if sync or not hasattr(model, "no_sync") else model.no_sync()
+
+
+class ShardedBatchSampler(torch.utils.data.Sampler):
+    """Seeded per-epoch shuffle cut into global batches; each rank takes its contiguous slice.
+
+    Global batch ``k`` is ``perm[k·G : (k+1)·G]`` with ``G = batch_size × world_size``; rank ``r`` takes
+    the ``r``-th ``batch_size`` slice, so gathering features in rank order rebuilds exactly the batch a
+    single process with batch ``G`` would see. Incomplete last batches are dropped. ``start`` skips
+    batches already trained on (resume mid-epoch without loading them).
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 shuffle: bool = True):
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.rank, self.world_size, self.shuffle = rank, world_size, shuffle
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Select the epoch's permutation and the first batch to yield."""
+        self.epoch, self.start = epoch, start
+
+    def __len__(self) -> int:
+        return self.n // (self.batch_size * self.world_size)
+
+    def __iter__(self):
+        if self.shuffle:
+            perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + 1000 * self.epoch))
+        else:
+            perm = torch.arange(self.n)
+        global_batch = self.batch_size * self.world_size
+        for k in range(self.start, len(self)):
+            offset = k * global_batch + self.rank * self.batch_size
+            yield perm[offset:offset + self.batch_size].tolist()

@@ -1,0 +1,60 @@
+"""Validation: contrastive loss, image↔text retrieval, alignment/uniformity and the learned temperature.
+
+Retrieval and geometry come from :mod:`medclip.eval.retrieval` (a hit is the paired report or any
+report with identical text). ``chance_R@K`` is what a random ranking scores with the same duplicates.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..eval.retrieval import embedding_metrics
+
+
+def chance_recall(texts: list[str], k: int) -> float:
+    """Expected Recall@K of a uniformly random ranking when identical texts all count as hits."""
+    normalised = [" ".join(str(t).split()) for t in texts]
+    counts: dict[str, int] = {}
+    for t in normalised:
+        counts[t] = counts.get(t, 0) + 1
+    n, total = len(texts), 0.0
+    for t in normalised:
+        miss = 1.0
+        for j in range(min(k, n)):  # P(first k drawn keys are all wrong)
+            miss *= max(0, n - counts[t] - j) / (n - j)
+        total += 1 - miss
+    return total / max(n, 1)
+
+
+@torch.no_grad()
+def validate(model, loader, device: torch.device, autocast, loss_fn, batch_size: int) -> dict:
+    """Encode the whole split and compute ``val_*`` metrics (the model is left in eval mode).
+
+    Args:
+        model: the unwrapped CLIP model.
+        loader: a non-shuffled loader whose ``dataset.texts`` are the reports in loader order.
+        device: where to run.
+        autocast: zero-argument callable giving the run's autocast context.
+        loss_fn: the training loss, averaged here over consecutive chunks of ``batch_size`` pairs.
+        batch_size: chunk size of the validation loss (the training batch, so values compare).
+    """
+    model.eval()
+    images, texts = [], []
+    for batch in loader:
+        with autocast():
+            out = model(batch["image"].to(device), batch["text"].to(device))
+        images.append(out["image_features"].float().cpu())
+        texts.append(out["text_features"].float().cpu())
+    img, txt = torch.cat(images), torch.cat(texts)
+    scale = model.get_logit_scale().detach().float().cpu()
+    chunks = [(s, min(s + batch_size, len(img))) for s in range(0, len(img), batch_size)]
+    chunks = [c for c in chunks if c[1] - c[0] > 1] or [(0, len(img))]
+    loss = sum(float(loss_fn(img[a:b], txt[a:b], scale)) for a, b in chunks) / len(chunks)
+    reports = list(loader.dataset.texts)
+    metrics = embedding_metrics(img, txt, reports) if len(img) > 1 else {}
+    out = {"val_loss": loss, "logit_scale": float(scale), "val_n": len(img),
+           "val_n_distinct_texts": len(set(" ".join(t.split()) for t in reports))}
+    out.update({f"val_{k}": float(v) for k, v in metrics.items() if k != "n"})
+    for k in (1, 5, 10):
+        out[f"val_chance_R@{k}"] = chance_recall(reports, k)
+    return out
