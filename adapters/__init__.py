@@ -1,1 +1,24 @@
-"""(package)"""
+"""medclip_adapters: limited-data adaptation of a frozen medclip CLIP model.
+
+One interface (:class:`FewShotMethod`: ``fit(train, val)``, ``predict_proba(test)``, ``save(dir)``,
+``load(dir)``), methods registered by name: ``zeroshot`` (baseline), ``probe``, ``coop``,
+``clip-adapter``, ``tip-adapter`` (``finetune=True`` for Tip-Adapter-F) and ``lora``. Image features
+of the frozen image tower are computed once through a :class:`FeatureCache`.
+
+This package imports medclip; medclip never imports it.
+"""
+
+from . import clip_adapter, coop, lora, probe, tip_adapter, zeroshot  # noqa: F401  (register the methods)
+from .base import (
+    FeatureCache,
+    FewShotMethod,
+    FewShotTask,
+    create_method,
+    get_method_class,
+    list_methods,
+    load_method,
+    register_method,
+)
+
+__all__ = ["FeatureCache", "FewShotMethod", "FewShotTask", "create_method", "get_method_class", "list_methods",
+           "load_method", "register_method"]

@@ -1,0 +1,198 @@
+"""CoOp (Zhou et al., 2022): learn the prompt's context words as vectors, keep CLIP frozen.
+
+A prompt is ``[SOS] ctx_1 ... ctx_M <class name> . [EOS]`` in token-embedding space. The M context
+vectors are the only parameters; they pass through the frozen text tower via
+``model.encode_text_embeds(embeds, attention_mask)`` (positional embeddings are added inside). Image
+features come from the :class:`~adapters.base.FeatureCache`, so an epoch runs the text tower once per
+batch and never the image tower.
+
+Defaults follow CoOp: 16 context vectors drawn from N(0, 0.02²) (or ``ctx_init`` such as
+"a chest x-ray of a", whose token embeddings initialise as many vectors as it has tokens); one shared
+context (``csc: false``) or one per class (CSC); class token at the ``end``, ``middle`` or ``front``;
+SGD lr 0.002 (momentum 0.9, weight decay 5e-4), cosine decay, one warm-up epoch at a constant 1e-5,
+batch 32, epochs by shots 50/100/100/200/200 for 1/2/4/8/16 (``epochs`` overrides).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from medclip.errors import ConfigError
+
+from .base import FewShotMethod, register_method
+
+COOP_EPOCHS = {1: 50, 2: 100, 4: 100, 8: 200, 16: 200}
+
+
+def epochs_for_shots(shots: int) -> int:
+    """CoOp's epochs for ``shots`` (the schedule of the nearest smaller shot count; 200 above 16)."""
+    known = [s for s in sorted(COOP_EPOCHS) if s <= max(shots, 1)]
+    return COOP_EPOCHS[known[-1]]
+
+
+def shots_in(task, y) -> int:
+    """Shots per class in a training set: the smallest class count (positives per condition if multi)."""
+    y = torch.as_tensor(y)
+    if task.kind == "single":
+        return int(min((y == c).sum() for c in range(len(task.classes))))
+    return int(torch.nan_to_num(y, nan=0.0).sum(0).min())
+
+
+def n_tokens(tokenizer, text: str) -> int:
+    """Number of BPE tokens of ``text`` between SOS and EOS (the EOS is the highest id)."""
+    return int(tokenizer([text])[0].argmax()) - 1
+
+
+class PromptLearner(nn.Module):
+    """Learnable context vectors plus the frozen embeddings of SOS, class names, period and EOS.
+
+    Args:
+        model: the CLIP model (its token embedding is read once, not trained).
+        tokenizer: the CLIP BPE tokenizer.
+        names: one class text per target.
+        n_ctx: context length (ignored with ``ctx_init``).
+        ctx_init: a phrase initialising the context, or None for random init.
+        csc: class-specific context (one context per target).
+        position: where the class token goes: ``end``, ``middle`` or ``front``.
+        generator: random generator of the initialisation.
+    """
+
+    def __init__(self, model, tokenizer, names: list[str], n_ctx: int = 16, ctx_init: str | None = None,
+                 csc: bool = False, position: str = "end", generator: torch.Generator | None = None):
+        super().__init__()
+        if position not in ("end", "middle", "front"):
+            raise ConfigError(f"coop class_token_position must be end, middle or front, got '{position}'")
+        if not hasattr(model.text, "forward_embeds"):
+            raise ConfigError("CoOp needs a text tower with forward_embeds (medclip's CLIP text transformer)")
+        embedding = model.text.token_embedding
+        width = embedding.weight.shape[1]
+        n_targets = len(names)
+        with torch.no_grad():
+            if ctx_init:
+                n_ctx = n_tokens(tokenizer, ctx_init)
+                init_ids = tokenizer([ctx_init])[0, 1:1 + n_ctx].to(embedding.weight.device)
+                vectors = embedding(init_ids).float().cpu()
+                ctx = vectors.expand(n_targets, -1, -1).clone() if csc else vectors.clone()
+                prefix_text = ctx_init
+            else:
+                shape = (n_targets, n_ctx, width) if csc else (n_ctx, width)
+                ctx = torch.randn(shape, generator=generator) * 0.02
+                prefix_text = " ".join(["X"] * n_ctx)
+            ids = tokenizer([f"{prefix_text} {name}." for name in names])
+            embedded = embedding(ids.to(embedding.weight.device)).float().cpu()
+        self.n_ctx, self.position = n_ctx, position
+        self.ctx = nn.Parameter(ctx)
+        self.register_buffer("token_prefix", embedded[:, :1], persistent=False)
+        self.register_buffer("token_suffix", embedded[:, 1 + n_ctx:], persistent=False)
+        self.name_lens = [n_tokens(tokenizer, name) for name in names]
+        eos = ids.argmax(dim=-1)
+        self.register_buffer("attention_mask", (torch.arange(ids.shape[1])[None] <= eos[:, None]).long(),
+                             persistent=False)
+
+    def forward(self) -> torch.Tensor:
+        """Prompt embeddings ``(T, L, width)``."""
+        ctx = self.ctx if self.ctx.dim() == 3 else self.ctx.expand(self.token_prefix.shape[0], -1, -1)
+        prefix, suffix = self.token_prefix, self.token_suffix
+        if self.position == "end":
+            return torch.cat([prefix, ctx, suffix], dim=1)
+        rows = []
+        half = self.n_ctx // 2
+        for i, name_len in enumerate(self.name_lens):
+            name, rest = suffix[i:i + 1, :name_len], suffix[i:i + 1, name_len:]
+            if self.position == "middle":
+                parts = [prefix[i:i + 1], ctx[i:i + 1, :half], name, ctx[i:i + 1, half:], rest]
+            else:
+                parts = [prefix[i:i + 1], name, ctx[i:i + 1], rest]
+            rows.append(torch.cat(parts, dim=1))
+        return torch.cat(rows, dim=0)
+
+
+def coop_lr(epoch: int, epochs: int, lr: float, warmup_epochs: int, warmup_lr: float) -> float:
+    """CoOp's learning rate at ``epoch``: constant ``warmup_lr`` first, then cosine decay of ``lr``."""
+    if epoch < warmup_epochs:
+        return warmup_lr
+    return 0.5 * lr * (1 + math.cos(math.pi * epoch / epochs))
+
+
+def train_epochs(method: FewShotMethod, params: list, n_items: int, step: Callable[[torch.Tensor], torch.Tensor],
+                 epochs: int) -> None:
+    """CoOp's optimisation loop (SGD, warm-up + cosine per epoch); ``step(indices)`` returns the batch loss."""
+    from tqdm.auto import tqdm
+
+    hp = method.hparams
+    optimizer = torch.optim.SGD(params, lr=hp["lr"], momentum=0.9, weight_decay=hp["weight_decay"])
+    generator = method.generator()
+    for epoch in tqdm(range(epochs), desc=method.name, disable=not method.progress, leave=False):
+        for group in optimizer.param_groups:
+            group["lr"] = coop_lr(epoch, epochs, hp["lr"], hp["warmup_epochs"], hp["warmup_lr"])
+        order = torch.randperm(n_items, generator=generator)
+        losses = []
+        for start in range(0, n_items, hp["batch_size"]):
+            loss = step(order[start:start + hp["batch_size"]])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+        method.history.append(sum(losses) / len(losses))
+
+
+SGD_DEFAULTS = {"lr": 0.002, "weight_decay": 5e-4, "batch_size": 32, "epochs": None, "warmup_epochs": 1,
+                "warmup_lr": 1e-5}
+
+
+@register_method
+class CoOp(FewShotMethod):
+    """Context optimisation over the frozen text tower, with cached image features."""
+
+    name = "coop"
+    defaults = {"n_ctx": 16, "ctx_init": None, "csc": False, "class_token_position": "end", **SGD_DEFAULTS}
+
+    def build_learner(self) -> PromptLearner:
+        return PromptLearner(self.model, self.tokenizer, list(self.task.names), self.hparams["n_ctx"],
+                             self.hparams["ctx_init"], self.hparams["csc"], self.hparams["class_token_position"],
+                             self.generator())
+
+    def target_features(self) -> torch.Tensor:
+        """Normalised text features ``(T, D)`` of the learned prompts (differentiable in the context)."""
+        device = self.model.logit_scale.device
+        embeds = self.learner().to(device)
+        return self.model.encode_text_embeds(embeds.to(self.model.text.token_embedding.weight.dtype),
+                                             self.learner.attention_mask.to(device))
+
+    def _fit(self, train, val) -> None:
+        y = torch.as_tensor(self.task.labels(train))
+        features = self.image_features(train)
+        self.train_prompts(lambda idx: features[idx], y)
+
+    def train_prompts(self, batch_features: Callable[[torch.Tensor], torch.Tensor], y: torch.Tensor) -> None:
+        """Optimise the context; ``batch_features(indices)`` gives the (cached or re-encoded) image features."""
+        self.learner = self.build_learner()
+        epochs = self.hparams["epochs"] or epochs_for_shots(shots_in(self.task, y))
+        scale = self.model.get_logit_scale().detach()
+
+        def step(idx: torch.Tensor) -> torch.Tensor:
+            text = self.target_features()
+            scores = self.task.combine(scale * batch_features(idx).to(text) @ text.t())
+            return self.task.loss(scores.float(), y[idx])
+
+        train_epochs(self, [self.learner.ctx], len(y), step, epochs)
+        self.budget = {"epochs": epochs}
+
+    def _scores(self, test) -> torch.Tensor:
+        text = self.target_features()
+        return self.task.combine(self.logit_scale() * self.image_features(test).to(text) @ text.t())
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"ctx": self.learner.ctx}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.learner = self.build_learner()
+        if state["ctx"].shape != self.learner.ctx.shape:
+            raise ConfigError(f"saved CoOp context has shape {tuple(state['ctx'].shape)}, this config expects "
+                              f"{tuple(self.learner.ctx.shape)} (n_ctx/ctx_init/csc differ)")
+        with torch.no_grad():
+            self.learner.ctx.copy_(state["ctx"])

@@ -1,0 +1,143 @@
+"""CLIP-LoRA (Zanella & Ben Ayed, 2024): low-rank adapters on the attention projections, via peft.
+
+Targets per tower kind (``LoraConfig.target_modules`` is a regex over module names):
+
+* medclip's CLIP text tower: ``q_proj``, ``k_proj``, ``v_proj`` of every block (as CLIP-LoRA);
+* a Hugging Face BERT-style text tower: ``query``, ``key``, ``value``;
+* a timm ViT image tower: the fused ``qkv`` projection. This differs from CLIP-LoRA, which adapts
+  separate q/k/v matrices: one rank-r update of the fused matrix is *not* three independent rank-r
+  updates (it shares the down-projection across q, k and v);
+* CNN image towers get no LoRA: the text side is adapted and image features come from the cache.
+
+``encoder: auto`` adapts both towers of a ViT model and the text tower of a CNN model; ``text`` keeps
+the image tower frozen (cached features, fast on CPU). Defaults follow CLIP-LoRA: r 2, alpha 1,
+dropout 0.25, AdamW lr 2e-4, weight decay 1e-2, batch 32, 500 × shots iterations with cosine decay
+to 1e-6 (``max_iters`` caps it). Only the adapter is saved, in peft's format
+(``adapter_config.json`` + ``adapter_model.safetensors``), and it re-attaches to the base model.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from medclip.errors import ConfigError
+
+from .base import FewShotMethod, encode_prompt_sets, register_method
+from .coop import shots_in
+
+TEXT_TARGETS = {"clip": r"text\.blocks\.\d+\.attn\.(q_proj|k_proj|v_proj)", "hf": r"text\..*\.(query|key|value)"}
+VISION_TARGETS = {"vit": r"visual\.trunk\.blocks\.\d+\.attn\.qkv"}
+
+
+def tower_kinds(model) -> tuple[str, str]:
+    """(text kind ``clip``/``hf``, image kind ``vit``/``cnn``) of a medclip model."""
+    text = "hf" if getattr(model.config.text, "hf_model_dir", None) else "clip"
+    names = [name for name, _ in model.visual.named_modules()]
+    vision = "vit" if any(n.startswith("trunk.blocks.") and n.endswith("attn.qkv") for n in names) else "cnn"
+    return text, vision
+
+
+def lora_target_regex(model, encoder: str = "auto") -> tuple[str, bool]:
+    """The peft ``target_modules`` regex for ``encoder`` (auto/text/vision/both) and whether the image tower is
+    adapted (then image features cannot be cached)."""
+    if encoder not in ("auto", "text", "vision", "both"):
+        raise ConfigError(f"lora encoder must be auto, text, vision or both, got '{encoder}'")
+    text_kind, vision_kind = tower_kinds(model)
+    if encoder == "auto":
+        encoder = "both" if vision_kind == "vit" else "text"
+    if encoder in ("vision", "both") and vision_kind == "cnn":
+        raise ConfigError("LoRA is not applied to CNN image towers; use encoder: text (cached image features)")
+    parts = []
+    if encoder in ("text", "both"):
+        parts.append(TEXT_TARGETS[text_kind])
+    if encoder in ("vision", "both"):
+        parts.append(VISION_TARGETS[vision_kind])
+    return "(" + "|".join(parts) + ")", encoder in ("vision", "both")
+
+
+@register_method
+class Lora(FewShotMethod):
+    """Low-rank adapters on the towers' attention projections (peft), prompt classifier."""
+
+    name = "lora"
+    defaults = {"r": 2, "alpha": 1, "dropout": 0.25, "lr": 2e-4, "weight_decay": 1e-2, "batch_size": 32,
+                "iters_per_shot": 500, "max_iters": None, "min_lr": 1e-6, "encoder": "auto"}
+
+    def _attach(self, folder: str | None = None):
+        from peft import LoraConfig, PeftModel, get_peft_model
+
+        regex, self.adapts_vision = lora_target_regex(self.model, self.hparams["encoder"])
+        base = copy.deepcopy(self.model)  # peft rewrites modules in place; the caller's model stays untouched
+        if folder is not None:
+            return PeftModel.from_pretrained(base, folder)
+        config = LoraConfig(r=self.hparams["r"], lora_alpha=self.hparams["alpha"],
+                            lora_dropout=self.hparams["dropout"], target_modules=regex, bias="none")
+        return get_peft_model(base, config)
+
+    @property
+    def clip(self):
+        """The adapted CLIP model inside the peft wrapper."""
+        return self.peft.base_model.model
+
+    def _images(self, frame) -> torch.Tensor:
+        fn, _ = self.cache._transform_for(self.model)
+        return torch.stack([fn(p) for p in frame["image"].tolist()])
+
+    def _batch_features(self, images, idx) -> torch.Tensor:
+        if self.adapts_vision:
+            return self.clip.encode_image(images[idx].to(self.clip.logit_scale.device))
+        return images[idx]
+
+    def _fit(self, train, val) -> None:
+        from tqdm.auto import tqdm
+
+        hp = self.hparams
+        self.peft = self._attach()
+        y = torch.as_tensor(self.task.labels(train))
+        images = self._images(train) if self.adapts_vision else self.image_features(train)
+        total = hp["iters_per_shot"] * max(shots_in(self.task, y), 1)
+        iters = min(total, hp["max_iters"]) if hp["max_iters"] else total
+        params = [p for p in self.peft.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=hp["lr"], weight_decay=hp["weight_decay"], betas=(0.9, 0.999))
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, iters, eta_min=hp["min_lr"])
+        generator, order, cursor = self.generator(), torch.empty(0, dtype=torch.long), 0
+        scale = self.model.get_logit_scale().detach()
+        for name, module in self.peft.named_modules():  # only LoRA's dropout trains; the towers stay in eval
+            module.train("lora_dropout" in name)
+        for _ in tqdm(range(iters), desc="lora", disable=not self.progress, leave=False):
+            if cursor >= len(order):
+                order, cursor = torch.randperm(len(y), generator=generator), 0
+            idx = order[cursor:cursor + hp["batch_size"]]
+            cursor += hp["batch_size"]
+            text = encode_prompt_sets(self.clip, self.tokenizer, self.task.prompts)
+            scores = self.task.combine(scale * self._batch_features(images, idx).to(text) @ text.t())
+            loss = self.task.loss(scores.float(), y[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            self.history.append(float(loss.detach()))
+        self.peft.eval()
+        self.budget = {"iters": iters, "iters_full": total}
+
+    def _scores(self, test) -> torch.Tensor:
+        self.peft.eval()
+        text = encode_prompt_sets(self.clip, self.tokenizer, self.task.prompts)
+        if self.adapts_vision:
+            images = self._images(test)
+            feats = torch.cat([self.clip.encode_image(images[i:i + 64]) for i in range(0, len(images), 64)])
+        else:
+            feats = self.image_features(test)
+        return self.task.combine(self.logit_scale() * feats.to(text) @ text.t())
+
+    def save(self, folder: str) -> None:
+        super().save(folder)  # method.json only: the peft adapter holds every learned weight
+        self.peft.save_pretrained(folder)
+
+    def load(self, folder: str) -> Lora:
+        super().load(folder)
+        self.peft = self._attach(folder)
+        self.peft.eval()
+        return self
