@@ -97,7 +97,7 @@ def read_dicom(path: str, window_index: int = 0, frame: int = 0) -> np.ndarray:
     except Exception as exc:  # pydicom raises many types on damaged headers
         raise DataError(f"{path}: unreadable DICOM header ({_first_line(exc)})") from None
     if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        raise DataError(f"{path}: DICOM has no pixel data (no PixelData element); it is not an image object")
+        raise DataError(f"{path}: DICOM has no pixel data (no PixelData element: truncated, or not an image object)")
     arr = _decode_frame(ds, path, frame)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if photometric == "PALETTE COLOR" or arr.ndim == 3:
