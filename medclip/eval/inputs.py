@@ -113,7 +113,7 @@ def _multi_labels(df: pd.DataFrame, cf: ClassFile) -> dict[str, np.ndarray]:
     for name in cf.names:
         column = cf.classes[name].column or name
         if column in df.columns:
-            values = pd.to_numeric(df[column], errors="coerce").to_numpy(dtype=float)
+            values = np.array(pd.to_numeric(df[column], errors="coerce"), dtype=float)
             values[values == UNCERTAIN] = np.nan
             out[name] = values
     for name in cf.names:

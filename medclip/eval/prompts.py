@@ -97,16 +97,24 @@ def parse_class_file(data: dict, where: str = "classes file") -> ClassFile:
     raw = data.pop("classes", None)
     if not isinstance(raw, dict) or not raw:
         raise ConfigError(f"{where}: 'classes' must be a non-empty mapping of class name -> prompts")
-    cf = from_dict(ClassFile, data, where)
+    cf = _strict(ClassFile, data, "", where)
     if cf.task not in TASKS:
         raise ConfigError(f"{where}: task must be one of {TASKS}, got '{cf.task}'")
     for name, spec in raw.items():
         spec = {"prompts": spec} if isinstance(spec, (list, str)) else spec
         if isinstance(spec.get("prompts"), str):
             spec = {**spec, "prompts": [spec["prompts"]]}
-        cf.classes[str(name)] = from_dict(ClassSpec, spec, f"{where}: classes.{name}")
+        cf.classes[str(name)] = _strict(ClassSpec, spec, f"classes.{name}", where)
     _validate(cf, where)
     return cf
+
+
+def _strict(cls, data, prefix: str, where: str):
+    """:func:`medclip.config.from_dict` with the file name in front of its one-line message."""
+    try:
+        return from_dict(cls, data, prefix)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def _validate(cf: ClassFile, where: str) -> None:
