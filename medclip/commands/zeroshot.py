@@ -26,6 +26,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--cache-dir", default=None,
                         help="prompt-embedding cache (default $MEDCLIP_CACHE_DIR/prompts or ~/.cache/medclip/prompts)")
     parser.add_argument("--no-cache", action="store_true", help="do not read or write the prompt cache")
+    parser.add_argument("--max-images", type=int, default=None,
+                        help="evaluate a seeded random (class-stratified) subset of this many images")
     parser.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
 
 
@@ -44,7 +46,7 @@ def run(args) -> int:
                           val_fraction=args.val_fraction, n_bootstrap=args.bootstrap, seed=args.seed,
                           threshold=args.threshold, bootstrap_unit=args.bootstrap_unit,
                           batch_size=args.batch_size, num_workers=args.workers, cache_dir=cache,
-                          figures=not args.no_figures)
+                          figures=not args.no_figures, max_images=args.max_images)
     print(summary(result))
     if args.output:
         print(f"wrote {args.output}/probabilities.csv and {args.output}/metrics.json")

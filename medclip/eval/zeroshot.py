@@ -192,7 +192,8 @@ def run_zeroshot(model, source: str, classes: ClassFile | str, output: str | Non
                  calibrate_on: str | None = None, val_fraction: float = 0.2, n_bootstrap: int = 1000,
                  seed: int = 0, threshold: float = 0.5, bootstrap_unit: str = "patient",
                  batch_size: int = 32, num_workers: int = 0, cache_dir: str | None = None,
-                 fingerprint: str | None = None, figures: bool = True, progress: bool = True) -> ZeroShotResult:
+                 fingerprint: str | None = None, figures: bool = True, progress: bool = True,
+                 max_images: int | None = None) -> ZeroShotResult:
     """Zero-shot classify every image of ``source`` and evaluate against its labels.
 
     Args:
@@ -213,10 +214,14 @@ def run_zeroshot(model, source: str, classes: ClassFile | str, output: str | Non
         fingerprint: precomputed weights hash for the cache key.
         figures: write the PNG figures (needs ``output``).
         progress: show progress bars.
+        max_images: evaluate a seeded random subset of this many images (stratified by class for
+            single-label tasks) — a quick look before a full run.
     """
     model.eval()
     clf = ZeroShotClassifier(model, classes, cache_dir=cache_dir, fingerprint=fingerprint)
     table = read_labelled_images(source, clf.classes)
+    if max_images and len(table) > max_images:
+        table = subsample(table, max_images, "label" if clf.task == "single" else None, seed)
     features, kept, bad = encode_images(model, table["image"].tolist(), batch_size=batch_size,
                                         num_workers=num_workers, progress=progress)
     quarantine = pd.DataFrame([(table["image"].iat[i], reason) for i, reason in bad], columns=["image", "reason"])
@@ -233,6 +238,36 @@ def run_zeroshot(model, source: str, classes: ClassFile | str, output: str | Non
     if output:
         _write_outputs(result, output, figures, seed)
     return result
+
+
+def subsample(table: pd.DataFrame, n: int, stratify: str | None = None, seed: int = 0) -> pd.DataFrame:
+    """A seeded random subset of ``n`` rows, keeping the class proportions of ``stratify`` when given."""
+    if stratify is None:
+        return table.sample(n=n, random_state=seed).sort_index().reset_index(drop=True)
+    share = n / len(table)
+    parts = [g.sample(n=max(1, round(len(g) * share)), random_state=seed) for _, g in table.groupby(stratify)]
+    return pd.concat(parts).sort_index().reset_index(drop=True)
+
+
+def confident_examples(result: ZeroShotResult, class_name: str, k: int = 4) -> pd.DataFrame:
+    """The evaluated images the model is most and least sure contain ``class_name``.
+
+    Returns:
+        ``k`` rows with the highest and ``k`` with the lowest probability of ``class_name`` (column
+        ``group``: ``most confident`` / ``least confident``) with the true label (``truth``: yes/no).
+    """
+    if class_name not in result.classes.names:
+        raise DataError(f"unknown class '{class_name}' (classes: {', '.join(result.classes.names)})")
+    rows = result.table[result.eval_mask()] if result.eval_mask().any() else result.table
+    rows = rows.sort_values(f"prob/{class_name}", ascending=False)
+    c = result.classes.names.index(class_name)
+    out = pd.concat([rows.head(k).assign(group="most confident"),
+                     rows.tail(k).iloc[::-1].assign(group="least confident")])
+    if result.classes.task == "single":
+        out["truth"] = np.where(out["label"] < 0, "unknown", np.where(out["label"] == c, "yes", "no"))
+    else:
+        out["truth"] = out[f"label/{class_name}"].map({1.0: "yes", 0.0: "no"}).fillna("unknown")
+    return out[["group", "image", "patient_id", f"prob/{class_name}", "truth"]].reset_index(drop=True)
 
 
 def _write_outputs(result: ZeroShotResult, output: str, figures: bool, seed: int) -> None:
