@@ -87,7 +87,7 @@ class FewShotTask:
             if missing:
                 raise DataError(f"manifest lacks label columns {missing} (multi-label task needs one 0/1 column "
                                 f"per condition)")
-            return frame[cols].to_numpy(dtype=float)
+            return frame[cols].to_numpy(dtype=float, copy=True)
         if self.label_column not in frame.columns:
             raise DataError(f"manifest lacks the label column '{self.label_column}' (set label_column in the "
                             f"classes file)")

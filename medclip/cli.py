@@ -21,6 +21,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("medclip.commands.convert", "convert HF CLIPModel / open_clip weights to a medclip model folder"),
     "zeroshot": ("medclip.commands.zeroshot", "zero-shot classify images by text prompts; metrics with 95% CIs"),
     "retrieve": ("medclip.commands.retrieve", "image<->report retrieval R@1/5/10, median rank, alignment/uniformity"),
+    "probe": ("medclip.commands.fewshot", "few-shot linear probe (logistic regression, C chosen on validation)"),
+    "coop": ("medclip.commands.fewshot", "few-shot CoOp prompt learning over the frozen text tower"),
+    "clip-adapter": ("medclip.commands.fewshot", "few-shot CLIP-Adapter (residual bottleneck on image features)"),
+    "tip-adapter": ("medclip.commands.fewshot", "few-shot Tip-Adapter cache model (--finetune: Tip-Adapter-F)"),
+    "lora": ("medclip.commands.fewshot", "few-shot CLIP-LoRA via peft (adapter weights only)"),
+    "fewshot": ("medclip.commands.fewshot", "few-shot grid: methods x shots x seeds, results/summary CSV + curve"),
 }
 
 

@@ -1,0 +1,291 @@
+"""The few-shot protocol: patient-level shot sampling, split CSVs, one run, and the method × shots × seeds grid.
+
+* :func:`sample_split`: K shots per class drawn with the seed, validation ``min(K, 4)`` shots per
+  class, test = every image of the patients used for neither (one patient never spans two splits).
+  Multi-label tasks draw K positive and K negative images per condition.
+* :func:`run_fewshot`: fit one method on one split and write a run folder (``config.json``,
+  ``split.csv``, ``metrics.json``, ``predictions.csv``, ``adapter/``).
+* :func:`run_grid`: every method × shots × seed plus the zero-shot baseline on the same test sets;
+  ``results.csv``, ``summary.csv`` (mean and 95% CI over seeds) and ``fewshot_curve.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+import pandas as pd
+
+from medclip.errors import DataError, MissingFileError
+
+from .base import FeatureCache, FewShotTask, create_method
+
+SPLITS = ("train", "val", "test")
+
+
+def task_from_class_file(cf) -> FewShotTask:
+    """A :class:`FewShotTask` from a zero-shot class file (:func:`medclip.eval.prompts.load_class_file`)."""
+    from medclip.eval.prompts import negative_texts, positive_texts
+
+    names = list(cf.names)
+    prompts = [positive_texts(cf, n) for n in names]
+    if cf.task == "single":
+        return FewShotTask(classes=names, kind="single", names=names, prompts=prompts)
+    negatives = []
+    for i, name in enumerate(names):  # a no_finding condition is contrasted with every other finding
+        negatives.append(negative_texts(cf, name) or [t for j, p in enumerate(prompts) if j != i for t in p])
+    neg_names = [cf.negative_templates[0].format(n) for n in names]
+    return FewShotTask(classes=names, kind="multi", names=names + neg_names, prompts=prompts + negatives)
+
+
+def load_table(manifest: str, classes: str) -> tuple[FewShotTask, pd.DataFrame]:
+    """Task and labelled image table from a manifest CSV (or class-per-folder tree) and a class file.
+
+    Unlabelled rows (single-label class -1, multi-label all unknown) are dropped: few-shot needs labels.
+    """
+    from medclip.eval.inputs import read_labelled_images
+    from medclip.eval.prompts import load_class_file
+
+    cf = load_class_file(classes)
+    table = read_labelled_images(manifest, cf)
+    task = task_from_class_file(cf)
+    y = task.labels(table)
+    labelled = y >= 0 if task.kind == "single" else ~np.isnan(y).all(1)
+    table = table[labelled].reset_index(drop=True)
+    if table["patient_id"].astype(str).str.len().eq(0).any():  # no patient key: one patient per image
+        table["patient_id"] = np.where(table["patient_id"].astype(str) == "", table["image"], table["patient_id"])
+    return task, table
+
+
+def _draw(rng, table, eligible: np.ndarray, shots: int, used: set, what: str) -> list[int]:
+    """Draw ``shots`` rows among ``eligible`` ones, each from a different, unused patient."""
+    rows = rng.permutation(np.flatnonzero(eligible))
+    picked = []
+    for row in rows:
+        patient = table["patient_id"].iat[row]
+        if patient not in used:
+            picked.append(int(row))
+            used.add(patient)
+            if len(picked) == shots:
+                return picked
+    raise DataError(f"not enough patients for {shots} {what} shot(s): found {len(picked)} unused patients "
+                    f"(use fewer shots or a larger manifest)")
+
+
+def sample_split(table: pd.DataFrame, task: FewShotTask, shots: int, seed: int,
+                 val_shots: int | None = None) -> pd.DataFrame:
+    """Assign ``train``/``val``/``test`` per row (column ``fewshot_split``), patient-level.
+
+    Args:
+        table: labelled images with ``image`` and ``patient_id``.
+        task: which label columns to balance.
+        shots: K training shots per class (per condition: K positives and K negatives).
+        seed: the draw's seed.
+        val_shots: validation shots per class (default ``min(K, 4)``).
+
+    Returns:
+        A copy of ``table`` with ``fewshot_split``.
+    """
+    rng = np.random.default_rng(seed)
+    val_shots = min(shots, 4) if val_shots is None else val_shots
+    y = task.labels(table)
+    if task.kind == "single":
+        groups = [(y == c, name) for c, name in enumerate(task.classes)]
+    else:
+        groups = [(y[:, c] == v, f"{'positive' if v else 'negative'} '{name}'")
+                  for c, name in enumerate(task.classes) for v in (1, 0)]
+    used: set = set()
+    split = np.full(len(table), "test", dtype=object)
+    for name, count in (("train", shots), ("val", val_shots)):
+        for eligible, what in groups:
+            if count:
+                split[_draw(rng, table, eligible, count, used, f"{name} '{what}'")] = name
+    split[table["patient_id"].isin(used).to_numpy() & (split == "test")] = "unused"  # other images of shot patients
+    out = table.copy()
+    out["fewshot_split"] = split
+    return out
+
+
+def save_split(table: pd.DataFrame, path: str) -> None:
+    """Write the drawn split (``image``, ``patient_id``, ``fewshot_split``) so a run repeats exactly."""
+    table[["image", "patient_id", "fewshot_split"]].to_csv(path, index=False)
+
+
+def apply_split_csv(table: pd.DataFrame, path: str) -> pd.DataFrame:
+    """Reuse a saved split: every image of the CSV must be in ``table``."""
+    if not os.path.exists(path):
+        raise MissingFileError(f"split CSV not found: {path}")
+    saved = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if not {"image", "fewshot_split"} <= set(saved.columns):
+        raise DataError(f"{path}: a split CSV needs the columns image and fewshot_split")
+    lookup = dict(zip(saved["image"], saved["fewshot_split"]))
+    missing = sorted(set(lookup) - set(table["image"]))
+    if missing:
+        raise DataError(f"{path}: {len(missing)} image(s) of the split are not in the manifest, e.g. {missing[0]}")
+    out = table[table["image"].isin(lookup)].copy()
+    out["fewshot_split"] = out["image"].map(lookup)
+    return out.reset_index(drop=True)
+
+
+def evaluate_probs(task: FewShotTask, frame: pd.DataFrame, probs: np.ndarray, n_bootstrap: int,
+                   seed: int) -> dict:
+    """AUROC / accuracy with patient-level bootstrap CIs (:mod:`medclip.eval.metrics`) plus ECE."""
+    from medclip.eval.calibration import expected_calibration_error
+    from medclip.eval.metrics import evaluate
+
+    y = task.labels(frame).astype(float)
+    result = evaluate(y, probs, task.classes, task.kind, groups=frame["patient_id"].astype(str).tolist(),
+                      n_bootstrap=n_bootstrap, seed=seed)
+    result["ece"] = expected_calibration_error(probs, y, task.kind)
+    return result
+
+
+def _split_parts(model, table, cache, max_test, seed):
+    """train/val/test frames with features prefetched; unreadable test images quarantined, train/val ones fatal."""
+    parts = {name: table[table["fewshot_split"] == name].reset_index(drop=True) for name in SPLITS}
+    n_test_all = len(parts["test"])
+    if max_test and n_test_all > max_test:
+        parts["test"] = parts["test"].sample(n=max_test, random_state=seed).reset_index(drop=True)
+    bad = dict(cache.prefetch(model, pd.concat([parts[n]["image"] for n in SPLITS]).tolist()))
+    for name in ("train", "val"):
+        broken = [p for p in parts[name]["image"] if p in bad]
+        if broken:
+            raise DataError(f"{broken[0]}: {bad[broken[0]]} (a {name} shot; fix or remove the image, or redraw)")
+    quarantined = parts["test"][parts["test"]["image"].isin(bad)]
+    parts["test"] = parts["test"][~parts["test"]["image"].isin(bad)].reset_index(drop=True)
+    if len(parts["test"]) == 0:
+        raise DataError("no test images left after drawing the shots (the manifest is too small)")
+    return parts, n_test_all, quarantined, bad
+
+
+def run_fewshot(method: str, model, task: FewShotTask, table: pd.DataFrame, shots: int, seed: int,
+                output: str | None = None, cache: FeatureCache | None = None, hparams: dict | None = None,
+                split_csv: str | None = None, max_test: int | None = None, n_bootstrap: int = 1000,
+                progress: bool = False) -> dict:
+    """Draw (or reuse) a split, fit ``method``, evaluate on the test patients and write the run folder.
+
+    Returns:
+        A flat row: method, shots, seed, auroc (+ CI), accuracy (+ CI), ece, sizes, budget and timing.
+    """
+    cache = cache or FeatureCache(progress=progress)
+    table = apply_split_csv(table, split_csv) if split_csv else sample_split(table, task, shots, seed)
+    parts, n_test_all, quarantined, bad = _split_parts(model, table, cache, max_test, seed)
+    start = time.time()
+    adapter = create_method(method, model, task, cache=cache, seed=seed, progress=progress, **(hparams or {}))
+    adapter.fit(parts["train"], parts["val"])
+    fit_s = time.time() - start
+    probs = adapter.predict_proba(parts["test"])
+    result = evaluate_probs(task, parts["test"], probs, n_bootstrap, seed)
+    m = result["metrics"]
+    row = {"method": method, "shots": shots, "seed": seed,
+           "auroc": m["auroc_macro"]["value"], "auroc_low": m["auroc_macro"]["ci_low"],
+           "auroc_high": m["auroc_macro"]["ci_high"], "accuracy": m["accuracy"]["value"],
+           "accuracy_low": m["accuracy"]["ci_low"], "accuracy_high": m["accuracy"]["ci_high"], "ece": result["ece"],
+           "n_train": len(parts["train"]), "n_val": len(parts["val"]), "n_test": len(parts["test"]),
+           "n_test_all": n_test_all, "max_test": max_test or "", "n_quarantined": len(quarantined),
+           "fit_seconds": round(fit_s, 2),
+           **{f"budget_{k}": v for k, v in adapter.budget.items()},
+           **{f"selected_{k}": v for k, v in adapter.selected.items()}}
+    if output:
+        _write_run(output, adapter, table, parts["test"], probs, result, row)
+        if len(quarantined):
+            quarantined.assign(reason=quarantined["image"].map(bad))[["image", "reason"]].to_csv(
+                os.path.join(output, "quarantine.csv"), index=False)
+    return row
+
+
+def _write_run(output, adapter, table, test, probs, result, row) -> None:
+    from medclip import __version__
+    from medclip.eval.zeroshot import json_safe
+
+    os.makedirs(output, exist_ok=True)
+    save_split(table, os.path.join(output, "split.csv"))
+    config = {"method": adapter.name, "hparams": adapter.hparams, "seed": adapter.seed, "task": adapter.task.to_dict(),
+              "model": adapter.model.config.name or "", "medclip_version": __version__, "row": row}
+    with open(os.path.join(output, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(json_safe(config), f, indent=2, default=str)
+    with open(os.path.join(output, "metrics.json"), "w", encoding="utf-8") as f:
+        json.dump(json_safe({**result, "summary": row, "loss_history": adapter.history}), f, indent=2, default=str)
+    preds = test[["image", "patient_id"]].copy()
+    for c, name in enumerate(adapter.task.classes):
+        preds[f"prob/{name}"] = probs[:, c]
+    preds.to_csv(os.path.join(output, "predictions.csv"), index=False)
+    adapter.save(os.path.join(output, "adapter"))
+
+
+def summarize(results: pd.DataFrame) -> pd.DataFrame:
+    """Mean and 95% CI (t-interval over seeds) of AUROC, accuracy and ECE per method × shots."""
+    from scipy import stats
+
+    rows = []
+    for (method, shots), group in results.groupby(["method", "shots"], sort=True):
+        row = {"method": method, "shots": shots, "n_seeds": len(group)}
+        for metric in ("auroc", "accuracy", "ece"):
+            values = group[metric].astype(float).dropna().to_numpy()
+            mean = float(values.mean()) if len(values) else float("nan")
+            half = float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))) \
+                if len(values) > 1 else float("nan")
+            row.update({metric: mean, f"{metric}_ci_low": mean - half, f"{metric}_ci_high": mean + half})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def plot_curve(summary: pd.DataFrame, path: str, metric: str = "auroc") -> None:
+    """Few-shot curve: ``metric`` vs shots per method (95% CI band); zero-shot as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method, group in summary.groupby("method"):
+        group = group.sort_values("shots")
+        if method == "zeroshot":
+            ax.axhline(group[metric].mean(), color="gray", linestyle="--", label="zero-shot (0 shots)")
+            continue
+        ax.plot(group["shots"], group[metric], marker="o", label=method)
+        ax.fill_between(group["shots"], group[f"{metric}_ci_low"], group[f"{metric}_ci_high"], alpha=0.15)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("shots per class")
+    ax.set_ylabel(metric.upper() if metric == "auroc" else metric)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_grid(methods: list[str], model, task: FewShotTask, table: pd.DataFrame, shots_list: list[int],
+             seeds: list[int], output: str, cache: FeatureCache | None = None, hparams: dict | None = None,
+             max_test: int | None = None, n_bootstrap: int = 200, progress: bool = True) -> pd.DataFrame:
+    """Every method × shots × seed (each on its own drawn split) plus zero-shot on the same test sets.
+
+    Writes ``results.csv`` after every run (a cut session keeps what finished), ``summary.csv`` and
+    ``fewshot_curve.png``; ``hparams`` maps a method name to its overrides (budget cuts).
+    """
+    from tqdm.auto import tqdm
+
+    cache = cache or FeatureCache(progress=progress)
+    os.makedirs(output, exist_ok=True)
+    methods = ["zeroshot", *[m for m in methods if m != "zeroshot"]]
+    jobs = [(m, k, s) for k in shots_list for s in seeds for m in methods]
+    rows = []
+    for method, shots, seed in tqdm(jobs, desc="few-shot grid", disable=not progress):
+        split_csv = os.path.join(output, "splits", f"shots{shots}-seed{seed}.csv")
+        if not os.path.exists(split_csv):
+            os.makedirs(os.path.dirname(split_csv), exist_ok=True)
+            save_split(sample_split(table, task, shots, seed), split_csv)
+        run_dir = os.path.join(output, method, f"shots{shots}-seed{seed}")
+        row = run_fewshot(method, model, task, table, shots, seed, run_dir, cache, (hparams or {}).get(method),
+                          split_csv, max_test, n_bootstrap)
+        if method == "zeroshot":
+            row["shots"], row["split_shots"] = 0, shots
+        rows.append(row)
+        pd.DataFrame(rows).to_csv(os.path.join(output, "results.csv"), index=False)
+    results = pd.DataFrame(rows)
+    summary = summarize(results)
+    summary.to_csv(os.path.join(output, "summary.csv"), index=False)
+    plot_curve(summary, os.path.join(output, "fewshot_curve.png"))
+    return results

@@ -1,0 +1,20 @@
+"""``medclip coop|probe|clip-adapter|tip-adapter|lora|fewshot``: few-shot adapters (thin wrapper).
+
+The work lives in the separate ``medclip_adapters`` package, imported only when one of these commands
+runs, so the medclip core never depends on it. The command name comes from the parser's ``prog``
+(``medclip coop``), which the dispatcher in :mod:`medclip.cli` sets.
+"""
+
+from __future__ import annotations
+
+
+def add_arguments(parser) -> None:
+    from medclip_adapters.cli import add_arguments as add
+
+    add(parser, parser.prog.split()[-1])
+
+
+def run(args) -> int:
+    from medclip_adapters.cli import run as run_command
+
+    return run_command(args)
