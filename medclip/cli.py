@@ -17,6 +17,8 @@ from .errors import MedclipError
 # name -> (module with add_arguments/run, one-line help). Keep sorted by workflow order.
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("medclip.commands.info", "list model architectures or describe one (parameter counts)"),
+    "demo-data": ("medclip.commands.demo_data", "write the synthetic demo corpus (DICOM/PNG + reports + manifest)"),
+    "data": ("medclip.commands.data", "check a manifest (quarantine.csv, PHI tag counts) or split it leak-free"),
     "pretrain": ("medclip.commands.pretrain", "contrastive pretraining from a recipe (also under torchrun)"),
     "convert": ("medclip.commands.convert", "convert HF CLIPModel / open_clip weights to a medclip model folder"),
     "zeroshot": ("medclip.commands.zeroshot", "zero-shot classify images by text prompts; metrics with 95% CIs"),

@@ -53,10 +53,10 @@ def load_manifest(path: str | os.PathLike, columns: ManifestColumns | dict | Non
     found = ", ".join(raw.columns) or "none"
     if cols.image not in raw.columns:
         raise DataError(f"{path}: no image column '{cols.image}' (columns: {found}); "
-                        f"set data.columns.image to the column holding image paths")
+                        f"set data.columns.image (CLI: --column image=NAME)")
     if cols.report not in raw.columns and cols.report_path not in raw.columns:
         raise DataError(f"{path}: no report column '{cols.report}' or '{cols.report_path}' (columns: {found}); "
-                        f"set data.columns.report or data.columns.report_path")
+                        f"set data.columns.report or data.columns.report_path (CLI: --column report=NAME)")
     missing = [c for c in cols.labels if c not in raw.columns]
     if missing:
         raise DataError(f"{path}: label column(s) {', '.join(missing)} not found (columns: {found}); "
