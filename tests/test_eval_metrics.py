@@ -133,3 +133,20 @@ def test_vectorised_bootstrap_metrics_equal_sklearn_on_resampled_arrays(task):
         ref = point_metrics(y[i], probs[i], names, task)
         for key, value in ref.items():
             assert fast[key][b] == pytest.approx(value, nan_ok=True), key
+
+
+def test_weighted_roc_matches_sklearn_and_band_contains_curve():
+    from sklearn.metrics import auc, roc_curve
+
+    from medclip.eval.plots import roc_band, weighted_roc
+
+    y, probs = _binary_scores(150, 5)
+    score = np.round(probs[:, 1], 2)  # ties
+    fpr, tpr = weighted_roc(y.astype(float), score, np.ones((1, len(y))))
+    ref_fpr, ref_tpr, _ = roc_curve(y, score, drop_intermediate=False)
+    np.testing.assert_allclose(fpr[0], ref_fpr)
+    np.testing.assert_allclose(tpr[0], ref_tpr)
+    assert auc(fpr[0], tpr[0]) == pytest.approx(roc_auc_score(y, score))
+    band = roc_band(y.astype(float), score, n_bootstrap=100)
+    assert np.all(band["low"] <= band["tpr"] + 1e-9) and np.all(band["tpr"] <= band["high"] + 1e-9)
+    assert (band["high"] - band["low"]).max() > 0.05

@@ -32,34 +32,47 @@ def _save(fig, path: str | os.PathLike | None):
     return fig
 
 
+def weighted_roc(y: np.ndarray, score: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ROC points ``(fpr, tpr)``, each ``(B, T + 1)``, for every row of per-image weights ``(B, N)``.
+
+    A bootstrap resample is a vector of counts per image, so all resamples' curves come from one
+    cumulative sum over the images sorted by decreasing score (ties form one threshold).
+    """
+    order = np.argsort(-score, kind="mergesort")
+    y, score, w = y[order], score[order], weights[:, order]
+    starts = np.flatnonzero(np.r_[True, score[1:] != score[:-1]])
+    tp = np.cumsum(np.add.reduceat(w * y, starts, axis=1), axis=1)
+    fp = np.cumsum(np.add.reduceat(w * (1 - y), starts, axis=1), axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tpr, fpr = tp / tp[:, -1:], fp / fp[:, -1:]
+    zeros = np.zeros((w.shape[0], 1))
+    return np.hstack([zeros, fpr]), np.hstack([zeros, tpr])
+
+
 def roc_band(y: np.ndarray, score: np.ndarray, groups=None, n_bootstrap: int = 200, seed: int = 0,
              ci: float = 0.95, grid: int = 101) -> dict[str, np.ndarray]:
     """ROC curve on a fixed false-positive-rate grid, with a percentile-bootstrap band of the TPR.
 
     Returns:
-        dict with ``fpr`` (grid), ``tpr`` (point curve), ``low`` and ``high`` (band).
+        dict with ``fpr`` (grid), ``tpr`` (point curve), ``low`` and ``high`` (band); NaN when the
+        labels hold a single class.
     """
-    from sklearn.metrics import roc_curve
-
     keep = ~np.isnan(y)
-    y, score = y[keep].astype(int), score[keep]
+    y, score = y[keep].astype(float), np.asarray(score, dtype=float)[keep]
     groups = None if groups is None else np.asarray(groups)[keep]
     fpr_grid = np.linspace(0, 1, grid)
-
-    def curve(idx):
-        if y[idx].min() == y[idx].max():
-            return None
-        fpr, tpr, _ = roc_curve(y[idx], score[idx])
-        return np.interp(fpr_grid, fpr, tpr)
-
-    point = curve(np.arange(len(y)))
-    if point is None:
-        return {"fpr": fpr_grid, "tpr": np.full(grid, np.nan), "low": np.full(grid, np.nan),
-                "high": np.full(grid, np.nan)}
-    curves = [c for c in map(curve, bootstrap_indices(len(y), groups, n_bootstrap, seed)) if c is not None]
+    nan = np.full(grid, np.nan)
+    if y.size == 0 or y.min() == y.max():
+        return {"fpr": fpr_grid, "tpr": nan, "low": nan, "high": nan}
+    idx = bootstrap_indices(len(y), groups, n_bootstrap, seed)
+    weights = np.stack([np.ones(len(y)), *(np.bincount(i, minlength=len(y)) for i in idx)]).astype(float)
+    fpr, tpr = weighted_roc(y, score, weights)
+    curves = np.stack([np.interp(fpr_grid, f, t) if np.isfinite(f[-1]) and np.isfinite(t[-1]) else nan
+                       for f, t in zip(fpr, tpr)])
+    boot = curves[1:][~np.isnan(curves[1:]).any(1)]
     q = [100 * (1 - ci) / 2, 100 * (1 + ci) / 2]
-    low, high = np.percentile(np.stack(curves), q, axis=0) if curves else (point, point)
-    return {"fpr": fpr_grid, "tpr": point, "low": low, "high": high}
+    low, high = np.percentile(boot, q, axis=0) if len(boot) else (curves[0], curves[0])
+    return {"fpr": fpr_grid, "tpr": curves[0], "low": low, "high": high}
 
 
 def plot_roc(y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str], task: str = "single",

@@ -279,7 +279,8 @@ def _write_outputs(result: ZeroShotResult, output: str, figures: bool, seed: int
     if len(result.quarantine):
         result.quarantine.to_csv(os.path.join(output, "quarantine.csv"), index=False)
     if figures:
-        result.figures = write_figures(result, output, seed=seed)
+        n_band = min(200, result.metrics.get("bootstrap", {}).get("n_resamples", 200))
+        result.figures = write_figures(result, output, n_bootstrap=n_band, seed=seed)
         result.metrics["figures"] = {k: os.path.basename(v) for k, v in result.figures.items()}
     with open(os.path.join(output, "metrics.json"), "w", encoding="utf-8") as f:
         json.dump(json_safe(result.metrics), f, indent=2)
