@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     """Arguments of ``command`` (a method name or ``fewshot``)."""
     parser.set_defaults(fewshot_command=command)
     parser.add_argument("--model", required=True,
-                        help="model folder (save_pretrained), recipe/config YAML, or architecture name (random weights)")
+                        help="model folder (save_pretrained), config YAML or architecture name (random weights)")
     parser.add_argument("--manifest", required=True, help="manifest CSV, or a folder with one subfolder per class")
     parser.add_argument("--classes", required=True, help="class file (recipes/classes/*.yaml)")
     parser.add_argument("--output", required=True, help="output folder")

@@ -42,9 +42,17 @@ def shots_in(task, y) -> int:
     return int(torch.nan_to_num(y, nan=0.0).sum(0).min())
 
 
+def token_mask(tokenizer, ids: torch.Tensor) -> torch.Tensor:
+    """1 for real tokens: up to the EOS (the highest id) for CLIP's BPE, non-pad tokens for HF tokenizers."""
+    pad = getattr(tokenizer, "pad_token_id", None)
+    if pad is not None:
+        return (ids != pad).long()
+    return (torch.arange(ids.shape[1])[None] <= ids.argmax(dim=-1)[:, None]).long()
+
+
 def n_tokens(tokenizer, text: str) -> int:
-    """Number of BPE tokens of ``text`` between SOS and EOS (the EOS is the highest id)."""
-    return int(tokenizer([text])[0].argmax()) - 1
+    """Number of tokens of ``text`` between the start token (SOS/CLS) and the end token (EOS/SEP)."""
+    return int(token_mask(tokenizer, tokenizer([text])).sum()) - 2
 
 
 class PromptLearner(nn.Module):
@@ -52,7 +60,7 @@ class PromptLearner(nn.Module):
 
     Args:
         model: the CLIP model (its token embedding is read once, not trained).
-        tokenizer: the CLIP BPE tokenizer.
+        tokenizer: the model's tokenizer (CLIP BPE, or an HF WordPiece tokenizer for HF text towers).
         names: one class text per target.
         n_ctx: context length (ignored with ``ctx_init``).
         ctx_init: a phrase initialising the context, or None for random init.
@@ -67,7 +75,7 @@ class PromptLearner(nn.Module):
         if position not in ("end", "middle", "front"):
             raise ConfigError(f"coop class_token_position must be end, middle or front, got '{position}'")
         if not hasattr(model.text, "forward_embeds"):
-            raise ConfigError("CoOp needs a text tower with forward_embeds (medclip's CLIP text transformer)")
+            raise ConfigError("CoOp needs a text tower with forward_embeds (medclip's CLIP or HF text towers)")
         embedding = model.text.token_embedding
         width = embedding.weight.shape[1]
         n_targets = len(names)
@@ -89,9 +97,7 @@ class PromptLearner(nn.Module):
         self.register_buffer("token_prefix", embedded[:, :1], persistent=False)
         self.register_buffer("token_suffix", embedded[:, 1 + n_ctx:], persistent=False)
         self.name_lens = [n_tokens(tokenizer, name) for name in names]
-        eos = ids.argmax(dim=-1)
-        self.register_buffer("attention_mask", (torch.arange(ids.shape[1])[None] <= eos[:, None]).long(),
-                             persistent=False)
+        self.register_buffer("attention_mask", token_mask(tokenizer, ids), persistent=False)
 
     def forward(self) -> torch.Tensor:
         """Prompt embeddings ``(T, L, width)``."""

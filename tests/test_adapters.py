@@ -7,17 +7,26 @@ training left the model's towers bit-identical.
 
 from __future__ import annotations
 
+import medclip_adapters as ma
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-import medclip_adapters as ma
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These models are tiny: one intra-op thread is faster than two on a shared CPU (no spin-waiting)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 
 # method -> tiny budgets (1-2 epochs / iterations) so the whole table runs in seconds on a CPU
 CASES = {
     "zeroshot": {},
-    "probe": {},
+    "probe": {"search_steps": 2},
     "coop": {"epochs": 2, "n_ctx": 4},
     "clip-adapter": {"epochs": 2},
     "tip-adapter": {"finetune": True, "epochs": 2, "grid": 3},
