@@ -16,6 +16,7 @@ without pickles.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -164,18 +165,20 @@ class ImageTransform:
                 return np.load(cached, allow_pickle=False)
             except (OSError, ValueError):  # a torn write from a killed run: recompute
                 pass
-        arr = np.asarray(self.deterministic({"image": path})["image"], dtype=np.float32)
+        with _one_thread():
+            arr = np.asarray(self.deterministic({"image": path})["image"], dtype=np.float32)
         if cached:
             _atomic_save(cached, arr)
         return arr
 
     def __call__(self, path: str | os.PathLike) -> torch.Tensor:
-        data = {"image": torch.from_numpy(self.prepare(path))}
-        if self.random is not None:  # one draw from torch's RNG seeds this call's augmentation
-            self._state.seed(int(torch.randint(0, 2**32 - 1, (), dtype=torch.int64)))
-            data = self.random(data)
-        out = torch.as_tensor(data["image"], dtype=torch.float32).as_subclass(torch.Tensor)
-        return ((out - self._mean) / self._std).contiguous()
+        with _one_thread():  # per-image ops are tiny: intra-op threads only add sync cost (40x on a busy CPU)
+            data = {"image": torch.from_numpy(self.prepare(path))}
+            if self.random is not None:  # one draw from torch's RNG seeds this call's augmentation
+                self._state.seed(int(torch.randint(0, 2**32 - 1, (), dtype=torch.int64)))
+                data = self.random(data)
+            out = torch.as_tensor(data["image"], dtype=torch.float32).as_subclass(torch.Tensor)
+            return ((out - self._mean) / self._std).contiguous()
 
 
 
@@ -218,6 +221,19 @@ def build_image_transform(vision_config, train: bool = False, resize: str = "pad
                                              divisor=list(vision_config.std), channel_wise=True)])
     config = {"size": size, "in_chans": chans, "resize": resize, "window_index": window_index, "frame": frame}
     return ImageTransform(config, deterministic, random, normalize, cache_dir)
+
+
+@contextlib.contextmanager
+def _one_thread():
+    """Run torch single-threaded inside the block (as in DataLoader workers), then restore the setting."""
+    threads = torch.get_num_threads()
+    if threads > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if threads > 1:
+            torch.set_num_threads(threads)
 
 
 def _atomic_save(path: str, arr: np.ndarray) -> None:
