@@ -51,6 +51,22 @@ class CausalSelfAttention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.out_proj(out.transpose(1, 2).reshape(batch, length, width))
 
+    def forward_last(self, x: torch.Tensor, eos: torch.Tensor) -> torch.Tensor:
+        """Attention output ``(B, W)`` at the EOS positions only (keys and values at every position ≤ EOS).
+
+        Equal to ``forward(x)[arange(B), eos]`` — the causal mask becomes a key mask ``position ≤ eos`` —
+        while computing one query per row instead of ``L``.
+        """
+        batch, length, width = x.shape
+        head_dim = width // self.heads
+        rows = torch.arange(batch, device=x.device)
+        q = self.q_proj(x[rows, eos]).view(batch, self.heads, 1, head_dim)
+        k, v = (proj(x).view(batch, length, self.heads, head_dim).transpose(1, 2)
+                for proj in (self.k_proj, self.v_proj))
+        keep = torch.arange(length, device=x.device) <= eos[:, None]  # (B, L): the causal row of each EOS
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :])
+        return self.out_proj(out.reshape(batch, width))
+
 
 class ResidualBlock(nn.Module):
     """Pre-norm Transformer block: ``x + attn(ln_1(x))`` then ``x + mlp(ln_2(x))``."""
@@ -69,6 +85,11 @@ class ResidualBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x))
         return x + self.mlp(self.ln_2(x))
+
+    def forward_last(self, x: torch.Tensor, eos: torch.Tensor) -> torch.Tensor:
+        """The block's output ``(B, W)`` at the EOS positions only (what EOS pooling reads after the last block)."""
+        x_eos = x[torch.arange(x.shape[0], device=x.device), eos] + self.attn.forward_last(self.ln_1(x), eos)
+        return x_eos + self.mlp(self.ln_2(x_eos))
 
 
 class CLIPTextTransformer(nn.Module):
@@ -92,6 +113,7 @@ class CLIPTextTransformer(nn.Module):
         self.text_projection = nn.Linear(config.width, embed_dim, bias=config.proj_bias)
         self.grad_checkpointing = False
         self.max_buckets = 1
+        self.eos_only_last_block = True
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -143,14 +165,15 @@ class CLIPTextTransformer(nn.Module):
         return self._encode(x, eos)
 
     def _encode(self, x: torch.Tensor, eos: torch.Tensor) -> torch.Tensor:
-        for block in self.blocks:
-            if self.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x)
+        ckpt = self.grad_checkpointing and torch.is_grad_enabled()
+        for index, block in enumerate(self.blocks):
+            if self.eos_only_last_block and index == len(self.blocks) - 1:
+                # EOS pooling reads one row per sequence: the last block computes just those rows
+                x = checkpoint(block.forward_last, x, eos, use_reentrant=False) if ckpt else block.forward_last(x, eos)
+                return self.text_projection(self.ln_final(x))
+            x = checkpoint(block, x, use_reentrant=False) if ckpt else block(x)
         x = self.ln_final(x)
-        pooled = x[torch.arange(x.shape[0], device=x.device), eos]
-        return self.text_projection(pooled)
+        return self.text_projection(x[torch.arange(x.shape[0], device=x.device), eos])
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
