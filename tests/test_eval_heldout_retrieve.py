@@ -82,3 +82,20 @@ def test_cli_retrieve_on_real_covid_notes(random_tiny, shared_data, tmp_path, ca
     assert 0 <= m["i2t_R@1"] <= m["i2t_R@5"] <= m["i2t_R@10"] <= 1 and m["i2t_median_rank"] >= 1
     assert np.isfinite(m["alignment"]) and m["uniformity_text"] <= 0
     assert "image->text" in capsys.readouterr().out
+
+
+def test_demo_findings_class_file_on_test_split_with_calibration(random_tiny, demo_manifest):
+    import os
+
+    from medclip.eval.zeroshot import run_zeroshot
+
+    classes = os.path.join(os.path.dirname(os.path.dirname(__file__)), "recipes", "classes", "demo-findings.yaml")
+    result = run_zeroshot(random_tiny, demo_manifest, classes, split="test", calibrate_on="val", n_bootstrap=20,
+                          progress=False)
+    df = pd.read_csv(demo_manifest)
+    assert set(result.table["split"]) == {"test", "val"}
+    assert result.metrics["n_evaluated"] == (df["split"] == "test").sum()
+    assert result.metrics["n_positive"]["effusion"] == df.loc[df["split"] == "test", "effusion"].sum()
+    assert result.metrics["n_positive"]["normal"] == df.loc[df["split"] == "test", "normal"].sum()
+    with pytest.raises(DataError, match="no rows with split 'tset'"):
+        run_zeroshot(random_tiny, demo_manifest, classes, split="tset", n_bootstrap=5, progress=False)

@@ -11,6 +11,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--classes", required=True,
                         help="class file (YAML), e.g. recipes/classes/pneumonia-kermany.yaml")
     parser.add_argument("--output", default=None, help="folder for probabilities.csv, metrics.json and figures")
+    parser.add_argument("--split", default=None,
+                        help="evaluate only rows of this split of the manifest (e.g. test)")
     parser.add_argument("--calibrate-on", default=None, metavar="SPLIT",
                         help="fit temperature scaling on this split (e.g. val); metrics use the other rows")
     parser.add_argument("--val-fraction", type=float, default=0.2,
@@ -46,7 +48,7 @@ def run(args) -> int:
                           val_fraction=args.val_fraction, n_bootstrap=args.bootstrap, seed=args.seed,
                           threshold=args.threshold, bootstrap_unit=args.bootstrap_unit,
                           batch_size=args.batch_size, num_workers=args.workers, cache_dir=cache,
-                          figures=not args.no_figures, max_images=args.max_images)
+                          figures=not args.no_figures, max_images=args.max_images, split=args.split)
     print(summary(result))
     if args.output:
         print(f"wrote {args.output}/probabilities.csv and {args.output}/metrics.json")

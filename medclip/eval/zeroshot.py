@@ -193,7 +193,7 @@ def run_zeroshot(model, source: str, classes: ClassFile | str, output: str | Non
                  seed: int = 0, threshold: float = 0.5, bootstrap_unit: str = "patient",
                  batch_size: int = 32, num_workers: int = 0, cache_dir: str | None = None,
                  fingerprint: str | None = None, figures: bool = True, progress: bool = True,
-                 max_images: int | None = None) -> ZeroShotResult:
+                 max_images: int | None = None, split: str | None = None) -> ZeroShotResult:
     """Zero-shot classify every image of ``source`` and evaluate against its labels.
 
     Args:
@@ -216,10 +216,18 @@ def run_zeroshot(model, source: str, classes: ClassFile | str, output: str | Non
         progress: show progress bars.
         max_images: evaluate a seeded random subset of this many images (stratified by class for
             single-label tasks) — a quick look before a full run.
+        split: evaluate only rows of this split (e.g. ``test``; rows of ``calibrate_on`` are kept for
+            calibration).
     """
     model.eval()
     clf = ZeroShotClassifier(model, classes, cache_dir=cache_dir, fingerprint=fingerprint)
     table = read_labelled_images(source, clf.classes)
+    if split:
+        keep = table["split"].isin([split, calibrate_on] if calibrate_on else [split])
+        if not (table["split"] == split).any():
+            raise DataError(f"{source}: no rows with split '{split}' (splits present: "
+                            f"{sorted(set(table['split']) - {''}) or 'none'}); drop --split or fix the manifest")
+        table = table[keep].reset_index(drop=True)
     if max_images and len(table) > max_images:
         table = subsample(table, max_images, "label" if clf.task == "single" else None, seed)
     features, kept, bad = encode_images(model, table["image"].tolist(), batch_size=batch_size,
