@@ -59,7 +59,10 @@ def load_model(spec: str, device: str = "cpu"):
     if os.path.isdir(spec):
         return medclip.from_pretrained(spec, map_location=device).eval()
     if spec in medclip.list_models() or spec.endswith((".yaml", ".yml")):
-        print(f"note: '{spec}' builds a model with RANDOM weights (point --model at a trained model folder)")
+        print(f"note: '{spec}' builds a model with RANDOM weights, seed 0 (point --model at a trained model folder)")
+        import torch
+
+        torch.manual_seed(0)
         return medclip.create_model(spec, device=device).eval()
     raise ConfigError(f"--model {spec}: not a model folder, YAML config or architecture ({medclip.list_models()})")
 
