@@ -80,6 +80,8 @@ def train(recipe, output: str, resume: bool = False, max_steps: int | None = Non
         TrainingDiverged: on a NaN/inf loss (the step is not applied; earlier checkpoints are kept).
     """
     cfg, run_dir = recipe.train, Path(output)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     info = init_distributed(cfg.device)
     try:
         precision = resolve_precision(cfg.precision, info.device, cfg.allow_slow_bf16)
