@@ -148,6 +148,7 @@ def compute_metrics(table: pd.DataFrame, clf: ZeroShotClassifier, temperature: f
     raw = probabilities(rows[[f"logit/{n}" for n in clf.names]].to_numpy(dtype=float), clf.task)
     groups = _cluster_ids(rows) if bootstrap_unit == "patient" else None
     out.update(evaluate(y, probs, clf.names, clf.task, threshold, groups, n_bootstrap, seed))
+    out["n_images"] = int(len(table))  # evaluate() counts only the evaluated rows
     out["calibration"] = {"n_bins": n_bins, "ece": expected_calibration_error(probs, y, clf.task, n_bins),
                           "ece_before_scaling": expected_calibration_error(raw, y, clf.task, n_bins)}
     return out
@@ -283,7 +284,8 @@ def _write_outputs(result: ZeroShotResult, output: str, figures: bool, seed: int
 
     os.makedirs(output, exist_ok=True)
     result.metrics["medclip_version"] = __version__
-    result.table.to_csv(os.path.join(output, "probabilities.csv"), index=False)
+    text_columns = [c for c in ("report", "report_path", "text") if c in result.table.columns]
+    result.table.drop(columns=text_columns).to_csv(os.path.join(output, "probabilities.csv"), index=False)
     if len(result.quarantine):
         result.quarantine.to_csv(os.path.join(output, "quarantine.csv"), index=False)
     if figures:
