@@ -46,6 +46,41 @@ def tiny_model():
     return medclip.create_model("tiny-vit").eval()
 
 
+@pytest.fixture(scope="session")
+def demo_corpus(tmp_path_factory) -> Path:
+    """Manifest of a small synthetic demo corpus (40 patients, 64 px; see medclip.data.demo)."""
+    from medclip.data.demo import make_demo_corpus
+
+    return Path(make_demo_corpus(tmp_path_factory.mktemp("demo_corpus"), n_patients=40, seed=0, image_size=64))
+
+
+def demo_recipe_dict(manifest, **train) -> dict:
+    """A tiny pretraining recipe on ``manifest`` (tiny-vit, batch 8, 1 thread); ``train`` overrides."""
+    return {"model": "tiny-vit",
+            "data": {"manifest": str(manifest), "sections": None, "batch_size": 8, "augment": True,
+                     "cache_dir": str(Path(manifest).parent / "cache")},
+            "train": {"epochs": 4, "lr": 2e-3, "warmup": 2, "log_every": 2, "eval_every": 2, "threads": 1,
+                      **train}}
+
+
+@pytest.fixture(scope="session")
+def demo_run(demo_corpus, tmp_path_factory) -> Path:
+    """Run folder of a short tiny-vit pretraining on ``demo_corpus``; the trained model is ``<run>/model``."""
+    import torch
+
+    from medclip.train.config import recipe_from_dict
+    from medclip.train.loop import train
+
+    run_dir = tmp_path_factory.mktemp("demo_run")
+    threads = torch.get_num_threads()
+    try:
+        result = train(recipe_from_dict(demo_recipe_dict(demo_corpus)), str(run_dir))
+    finally:
+        torch.set_num_threads(threads)
+    (run_dir / "result.json").write_text(__import__("json").dumps(result, default=float))
+    return run_dir
+
+
 _skipped_in_ci: list[str] = []
 
 
