@@ -150,3 +150,17 @@ def test_transform_pad_crop_cache_and_augmentation(dicom_dir, tmp_path):
     assert torch.equal(a, train_tf(path)) and not torch.equal(a, train_tf(path))
     assert not torch.equal(build_image_transform(vc, train=True, augment=False)(path), a)
     assert torch.equal(build_image_transform(vc, train=True, augment=False)(path), build_image_transform(vc)(path))
+
+
+def test_png_8_and_16_bit_scaled_by_depth(tmp_path):
+    from PIL import Image
+
+    ramp16 = (np.arange(32 * 16, dtype=np.uint16).reshape(32, 16) * 97) % 65535
+    Image.fromarray(ramp16).save(tmp_path / "ramp16.png")
+    np.testing.assert_allclose(load_image(tmp_path / "ramp16.png"), ramp16 / 65535.0, atol=1e-6)
+    ramp8 = (np.arange(32 * 16).reshape(32, 16) % 256).astype(np.uint8)
+    Image.fromarray(ramp8).save(tmp_path / "ramp8.png")
+    np.testing.assert_allclose(load_image(tmp_path / "ramp8.png"), ramp8 / 255.0, atol=1e-6)
+    rgb = np.stack([ramp8, 255 - ramp8, ramp8 // 2], axis=-1)
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    assert load_image(tmp_path / "rgb.png").shape == (32, 16, 3)
