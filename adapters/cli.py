@@ -59,11 +59,17 @@ def load_model(spec: str, device: str = "cpu"):
     if os.path.isdir(spec):
         return medclip.from_pretrained(spec, map_location=device).eval()
     if spec in medclip.list_models() or spec.endswith((".yaml", ".yml")):
-        print(f"note: '{spec}' builds a model with RANDOM weights, seed 0 (point --model at a trained model folder)")
         import torch
 
+        from medclip.config import ModelConfig, from_dict, load_yaml
+
+        config = spec
+        if spec.endswith((".yaml", ".yml")) and "model" in load_yaml(spec):  # a training recipe: its model section
+            config = from_dict(ModelConfig, load_yaml(spec)["model"], "model")
+        print(f"note: '{spec}' builds a model with untrained (random, seed 0) joint-embedding weights; "
+              "point --model at a trained model folder for meaningful numbers")
         torch.manual_seed(0)
-        return medclip.create_model(spec, device=device).eval()
+        return medclip.create_model(config, device=device).eval()
     raise ConfigError(f"--model {spec}: not a model folder, YAML config or architecture ({medclip.list_models()})")
 
 
