@@ -34,6 +34,9 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    import os
+    import sys
+
     import torch
 
     from ..eval.prompts import default_cache_dir, load_class_file
@@ -48,7 +51,9 @@ def run(args) -> int:
                           val_fraction=args.val_fraction, n_bootstrap=args.bootstrap, seed=args.seed,
                           threshold=args.threshold, bootstrap_unit=args.bootstrap_unit,
                           batch_size=args.batch_size, num_workers=args.workers, cache_dir=cache,
-                          figures=not args.no_figures, max_images=args.max_images, split=args.split)
+                          figures=not args.no_figures, max_images=args.max_images, split=args.split,
+                          run_info={"model": os.path.abspath(args.model), "classes_file": os.path.abspath(args.classes),
+                                    "argv": sys.argv[1:]})
     print(summary(result))
     if args.output:
         print(f"wrote {args.output}/probabilities.csv and {args.output}/metrics.json")

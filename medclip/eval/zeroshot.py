@@ -194,7 +194,8 @@ def run_zeroshot(model, source: str, classes: ClassFile | str, output: str | Non
                  seed: int = 0, threshold: float = 0.5, bootstrap_unit: str = "patient",
                  batch_size: int = 32, num_workers: int = 0, cache_dir: str | None = None,
                  fingerprint: str | None = None, figures: bool = True, progress: bool = True,
-                 max_images: int | None = None, split: str | None = None) -> ZeroShotResult:
+                 max_images: int | None = None, split: str | None = None,
+                 run_info: dict | None = None) -> ZeroShotResult:
     """Zero-shot classify every image of ``source`` and evaluate against its labels.
 
     Args:
@@ -219,6 +220,7 @@ def run_zeroshot(model, source: str, classes: ClassFile | str, output: str | Non
             single-label tasks) — a quick look before a full run.
         split: evaluate only rows of this split (e.g. ``test``; rows of ``calibrate_on`` are kept for
             calibration).
+        run_info: extra entries stored in ``metrics.json`` (model folder, command line ...).
     """
     model.eval()
     clf = ZeroShotClassifier(model, classes, cache_dir=cache_dir, fingerprint=fingerprint)
@@ -239,7 +241,9 @@ def run_zeroshot(model, source: str, classes: ClassFile | str, output: str | Non
     table, temperature = score_table(clf, table, logits, calibrate_on, val_fraction, seed)
     metrics = compute_metrics(table, clf, temperature, n_bootstrap, seed, threshold, bootstrap_unit)
     metrics["n_quarantined"] = int(len(quarantine))
-    metrics["calibrate_on"] = calibrate_on
+    metrics.update({"calibrate_on": calibrate_on, "split": split, "max_images": max_images,
+                    "source": str(source) if isinstance(source, (str, os.PathLike)) else "DataFrame",
+                    **(run_info or {})})
     metrics["prompts"] = {n: {"positive": positive_texts(clf.classes, n),
                               **({"negative": negative_texts(clf.classes, n)} if clf.task == "multi" else {})}
                           for n in clf.names}
