@@ -114,18 +114,19 @@ def test_data_config_is_strict():
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    return make_demo_corpus(tmp_path_factory.mktemp("demo"), n_patients=60, seed=0)
+def demo(demo_corpus):
+    return demo_corpus  # conftest: make_demo_corpus(..., n_patients=40, seed=0, image_size=64)
 
 
 def test_demo_corpus_deterministic_and_heldout(demo, tmp_path):
     df = pd.read_csv(demo)
-    again = make_demo_corpus(tmp_path, n_patients=60, seed=0)
+    again = make_demo_corpus(tmp_path, n_patients=40, seed=0, image_size=64)
     assert again.read_bytes() == demo.read_bytes()
     for rel in df["image"].iloc[:12]:
         assert hashlib.sha1((tmp_path / rel).read_bytes()).digest() == \
             hashlib.sha1((demo.parent / rel).read_bytes()).digest()
-    assert make_demo_corpus(tmp_path / "other", n_patients=60, seed=1).read_bytes() != demo.read_bytes()
+    assert make_demo_corpus(tmp_path / "other", n_patients=5, seed=1, image_size=32).read_bytes() != \
+        make_demo_corpus(tmp_path / "same", n_patients=5, seed=0, image_size=32).read_bytes()
     assert df["heldout"].sum() > 0 and (df.loc[df["heldout"] == 1, "split"] != "train").all()
     train = df[df["split"] == "train"]
     assert not train["report"].str.contains("left upper", case=False).any()
