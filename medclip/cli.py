@@ -21,7 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("medclip.commands.data", "check a manifest (quarantine.csv, PHI tag counts) or split it leak-free"),
     "pretrain": ("medclip.commands.pretrain", "contrastive pretraining from a recipe (also under torchrun)"),
     "convert": ("medclip.commands.convert", "convert HF CLIPModel / open_clip weights to a medclip model folder"),
-    "zeroshot": ("medclip.commands.zeroshot", "zero-shot classify images by text prompts; metrics with 95% CIs"),
+    "zeroshot": ("medclip.commands.zeroshot", "zero-shot classify images by text prompts; AUROC with bootstrap CIs"),
     "retrieve": ("medclip.commands.retrieve", "image<->report retrieval R@1/5/10, median rank, alignment/uniformity"),
     "probe": ("medclip.commands.fewshot", "few-shot linear probe (logistic regression, C chosen on validation)"),
     "coop": ("medclip.commands.fewshot", "few-shot CoOp prompt learning over the frozen text tower"),
