@@ -233,3 +233,13 @@ def test_zeroshot_on_real_kermany_subset(saved_tiny, shared_data, tmp_path):
     assert len(result.table) == 12 and result.metrics["n_positive"] == {"NORMAL": 6, "PNEUMONIA": 6}
     m = result.metrics["metrics"]["auroc/PNEUMONIA"]
     assert m["value"] == pytest.approx(roc_auc_score(result.table["label"], result.table["prob/PNEUMONIA"]))
+
+
+def test_top_level_help_lists_eval_commands(capsys):
+    from medclip.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "zeroshot" in out and "retrieve" in out
