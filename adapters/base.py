@@ -278,8 +278,9 @@ class FeatureCache:
 
             folder = os.path.join(self.cache_dir, key)
             os.makedirs(folder, exist_ok=True)
-            shard = hashlib.sha1("".join(sorted(new)).encode()).hexdigest()[:16]
-            save_file(new, os.path.join(folder, f"features-{shard}.safetensors"), metadata={"format": "pt"})
+            shard = os.path.join(folder, f"features-{hashlib.sha1(''.join(sorted(new)).encode()).hexdigest()[:16]}")
+            save_file(new, f"{shard}.{os.getpid()}.tmp", metadata={"format": "pt"})
+            os.replace(f"{shard}.{os.getpid()}.tmp", f"{shard}.safetensors")  # atomic: no torn shard if killed
 
     def features(self, model, paths: Sequence[str]) -> torch.Tensor:
         """Normalised image features ``(N, D)`` for ``paths``, encoding only those not cached yet.
