@@ -143,3 +143,19 @@ def test_loader_errors_are_one_line(tmp_path, capsys):
     assert main(["convert", "--from", "open-clip", str(tmp_path / "bad.pt"), "--output", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "text.ln_final.weight" in err
+
+
+@pytest.mark.parametrize("vision_cfg", [dict(layers=1, width=64, patch_size=16, image_size=32),
+                                        dict(layers=[3, 4, 6, 3], width=16, image_size=64)])
+def test_openai_clip_trunk_key_map(tmp_path, vision_cfg):
+    """vision.trunk_key_map=openai_clip loads just the image trunk of a CLIP checkpoint."""
+    reference = _open_clip_model(vision_cfg, quick_gelu=False)
+    torch.save(reference.state_dict(), tmp_path / "clip.pt")
+    full = medclip.from_open_clip(str(tmp_path / "clip.pt"))
+    vision = {**medclip.config.to_dict(full.config)["vision"], "trunk_weights": str(tmp_path / "clip.pt"),
+              "trunk_key_map": "openai_clip"}
+    torch.manual_seed(5)
+    trunk_only = medclip.create_model("tiny-vit", embed_dim=full.config.embed_dim, vision=vision).eval()
+    image = torch.randn(2, 3, vision_cfg["image_size"], vision_cfg["image_size"])
+    with torch.no_grad():
+        assert torch.allclose(trunk_only.visual.trunk(image), full.visual.trunk(image), atol=TOL)
