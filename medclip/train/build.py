@@ -65,6 +65,8 @@ def build_model(recipe, info: DistInfo):
     for locked, tower in ((cfg.lock_image, model.visual), (cfg.lock_text, model.text)):
         if locked:
             tower.requires_grad_(False)
+    if cfg.lock_image and cfg.train_image_head:
+        model.visual.head.requires_grad_(True)
     if cfg.grad_checkpointing:
         model.set_grad_checkpointing(True)
     set_train_mode(model, cfg)

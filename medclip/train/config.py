@@ -47,6 +47,8 @@ class TrainConfig:
             ``bf16`` or ``fp16`` (CUDA only).
         loss: ``dense`` (N × N logits) or ``tiled`` (exact, O(N·d) memory, see medclip.loss).
         lock_image: freeze the image tower.
+        train_image_head: with ``lock_image``, still train the image projection head (LiT locks the
+            pretrained trunk; a freshly initialised head is not pretrained, so it learns with the text tower).
         lock_text: freeze the text tower.
         grad_checkpointing: recompute tower activations in backward (less memory, slower).
         eval_every: validate every this many epochs (0 = never); also at the end.
@@ -76,6 +78,7 @@ class TrainConfig:
     precision: str = "auto"
     loss: str = "tiled"
     lock_image: bool = False
+    train_image_head: bool = False
     lock_text: bool = False
     grad_checkpointing: bool = False
     eval_every: int = 1
