@@ -46,6 +46,20 @@ def tiny_model():
     return medclip.create_model("tiny-vit").eval()
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run faster on one intra-op thread than two on a shared CPU (no spin-waiting).
+
+    Use per module with ``pytestmark = pytest.mark.usefixtures("one_thread")``.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def demo_corpus(tmp_path_factory) -> Path:
     """Manifest of a small synthetic demo corpus (40 patients, 64 px; see medclip.data.demo)."""

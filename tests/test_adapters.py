@@ -13,14 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: one intra-op thread is faster than two on a shared CPU (no spin-waiting)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # method -> tiny budgets (1-2 epochs / iterations) so the whole table runs in seconds on a CPU

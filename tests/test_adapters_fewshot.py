@@ -6,7 +6,6 @@ import medclip_adapters as ma
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from medclip_adapters.fewshot import apply_split_csv, load_table, sample_split, save_split
 
 from medclip.cli import main
@@ -16,12 +15,7 @@ CLASSES = "recipes/classes/pneumonia-kermany.yaml"
 CLASSES_3 = "recipes/classes/pneumonia-kermany-3class.yaml"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -10,14 +10,7 @@ import torch
 from medclip_adapters.coop import PromptLearner, coop_lr, epochs_for_shots
 from medclip_adapters.lora import lora_target_regex
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: one intra-op thread is faster than two on a shared CPU (no spin-waiting)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 
