@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..errors import ConfigError, DataError
-from .distributed import DistInfo, ShardedBatchSampler
+from .distributed import DistInfo, SeededSamples, ShardedBatchSampler
 
 logger = logging.getLogger("medclip.train")
 
@@ -114,8 +114,10 @@ def build_data(recipe, model_config, info: DistInfo, run_dir) -> tuple:
 
 
 def train_loader(dataset, sampler: ShardedBatchSampler, recipe, epoch: int, start: int, device) -> DataLoader:
-    """A loader for one epoch from micro-batch ``start``; worker seeds depend only on (seed, epoch)."""
+    """A loader for one epoch from micro-batch ``start``; each sample's augmentation is seeded by (seed, epoch,
+    index), so workers, ranks and a mid-epoch resume all see the same draws."""
     sampler.set_epoch(epoch, start)
     generator = torch.Generator().manual_seed(recipe.train.seed * 7919 + epoch)
-    return DataLoader(dataset, batch_sampler=sampler, num_workers=recipe.data.num_workers, generator=generator,
+    samples = SeededSamples(dataset, recipe.train.seed, epoch)
+    return DataLoader(samples, batch_sampler=sampler, num_workers=recipe.data.num_workers, generator=generator,
                       pin_memory=device.type == "cuda")

@@ -11,6 +11,7 @@ import contextlib
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -95,3 +96,25 @@ class ShardedBatchSampler(torch.utils.data.Sampler):
         for k in range(self.start, len(self)):
             offset = k * global_batch + self.rank * self.batch_size
             yield perm[offset:offset + self.batch_size].tolist()
+
+
+class SeededSamples(torch.utils.data.Dataset):
+    """A dataset view whose sample ``i`` of epoch ``e`` is drawn under torch seed ``f(seed, e, i)``.
+
+    The data layer's augmentation takes its randomness from torch's RNG. Seeding it per sample makes
+    the augmented pair a function of (seed, epoch, index) only: the same in a DataLoader worker or in the
+    main process, on any rank, and after a resume in the middle of an epoch (worker RNG streams would
+    otherwise restart at the resume point). The caller's RNG is left untouched (dropout keeps its stream).
+    """
+
+    def __init__(self, dataset, seed: int, epoch: int):
+        self.dataset, self.seed, self.epoch = dataset, seed, epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        sample_seed = int(np.random.SeedSequence([self.seed, self.epoch, int(index)]).generate_state(1, np.uint64)[0])
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed)
+            return self.dataset[index]
