@@ -8,7 +8,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--manifest", required=True, help="manifest CSV with image and report columns")
     parser.add_argument("--split", default=None, help="evaluate only this split (e.g. test); default: all rows")
     parser.add_argument("--sections", nargs="*", default=["findings", "impression"],
-                        help="report sections used as text (none given: the whole report)")
+                        help="report sections used as text; '--sections' with none given: the whole report "
+                             "(as recipes with data.sections: null, e.g. cxr-lite on covid-cxr-notes)")
     parser.add_argument("--ks", nargs="+", type=int, default=[1, 5, 10], help="K values of Recall@K")
     parser.add_argument("--output", default=None, help="folder for retrieval.json (and quarantine.csv)")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -38,6 +39,8 @@ def run(args) -> int:
     for direction, name in (("i2t", "image->text"), ("t2i", "text->image")):
         recalls = "  ".join(f"R@{k} {metrics[f'{direction}_R@{k}']:.3f}" for k in args.ks)
         print(f"  {name}: {recalls}  median rank {metrics[f'{direction}_median_rank']:.1f}")
+    print("  chance (random ranking, same duplicates): " + "  ".join(f"R@{k} {metrics[f'chance_R@{k}']:.3f}"
+                                                                    for k in args.ks))
     print(f"  alignment {metrics['alignment']:.3f}  uniformity image {metrics['uniformity_image']:.3f} "
           f"text {metrics['uniformity_text']:.3f}")
     if args.output:

@@ -165,6 +165,9 @@ def evaluate_retrieval(model, manifest: str, split: str | None = None,
     texts = good["text"].tolist()
     text_features = encode_texts(model, get_tokenizer(model.config), texts, batch_size=128)
     metrics = embedding_metrics(features, text_features, texts, ks)
+    from ..train.validate import chance_recall  # a random ranking with the same duplicate reports
+
+    metrics.update({f"chance_R@{k}": chance_recall(texts, k) for k in ks})
     quarantine = pd.concat([quarantine, unreadable], ignore_index=True)
     metrics.update({"n_quarantined": int(len(quarantine)), "split": split or "all", "sections": list(sections or [])})
     return metrics, quarantine
