@@ -36,7 +36,15 @@ def init_distributed(device: str = "auto") -> DistInfo:
 
     Args:
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+
+    Raises:
+        ConfigError: ``device="cuda"`` on a machine without a usable CUDA GPU.
     """
+    if device == "cuda" and not torch.cuda.is_available():
+        from ..errors import ConfigError
+
+        raise ConfigError("train.device=cuda but no CUDA GPU is available here; run on a GPU machine, or "
+                          "--set train.device=cpu (very slow for full-size models)")
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
