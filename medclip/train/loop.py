@@ -74,7 +74,8 @@ def train(recipe, output: str, resume: bool = False, max_steps: int | None = Non
         output: the run folder.
         resume: continue from the newest complete checkpoint in ``output/checkpoints``.
         max_steps: stop (with a checkpoint) at this global step; the lr schedule is unchanged.
-        max_minutes: stop (with a checkpoint) after this many minutes of this invocation.
+        max_minutes: stop (with a checkpoint) after this many minutes of this invocation (None: the
+            recipe's ``train.max_minutes``).
 
     Raises:
         TrainingDiverged: on a NaN/inf loss (the step is not applied; earlier checkpoints are kept).
@@ -108,7 +109,8 @@ def train(recipe, output: str, resume: bool = False, max_steps: int | None = Non
         logger = MetricsLogger(run_dir, enabled=info.is_main)
         logger.truncate_after(scheduler.last_epoch)
         return _run(model, core, optimizer, scheduler, scaler, recipe, info, precision, dataset, sampler,
-                    val_loader, batch_size, total, state, logger, run_dir, max_steps, max_minutes)
+                    val_loader, batch_size, total, state, logger, run_dir, max_steps,
+                    cfg.max_minutes if max_minutes is None else max_minutes)  # the flag overrides the recipe
     finally:
         cleanup_distributed()
 
