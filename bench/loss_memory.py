@@ -84,8 +84,9 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--child", method, str(n), "--dim", str(args.dim),
                    "--repeats", str(args.repeats)]
             proc = subprocess.run(cmd, capture_output=True, text=True)
-            if proc.returncode != 0:
-                print(f"{method:<8}{'(failed: ' + proc.stderr.strip().splitlines()[-1][:60] + ')':<26}{n:>7}")
+            if proc.returncode != 0:  # e.g. out of memory: the kernel's SIGKILL leaves no message
+                lines = proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"]
+                print(f"{method:<8}{'(failed: ' + lines[-1][:60] + ')':<26}{n:>7}")
                 continue
             r = json.loads(proc.stdout.strip().splitlines()[-1])
             results[(method, n)] = r
