@@ -3,15 +3,21 @@
 Compared with open_clip's tower it computes the same function, with three differences that matter:
 
 * **separate q/k/v projections** (``q_proj``, ``k_proj``, ``v_proj``) so peft's LoRA can target each;
-* a batch runs only up to its **longest real sequence**, and can be split into **length buckets**
-  (:func:`plan_length_buckets`). Under the causal mask a token never attends to later positions, so
-  the EOS embedding does not depend on the padding after it: trimmed and bucketed runs equal the
-  77-token run (tested);
+* **no work on padding**. Under the causal mask a token never attends to later positions, so the EOS
+  embedding does not depend on the padding after it. By default the real tokens of the whole batch are
+  **packed** into one ``(tokens, width)`` matrix (:class:`Packing`): layer norms, q/k/v/out projections
+  and the MLP (~95% of the FLOPs) run on real tokens only, as one GEMM per layer, and only attention
+  scatters them into a ``(B, L_max)`` grid. Alternatives kept for comparison: trimming the batch to its
+  longest sequence (``pack_tokens = False``) and **length buckets** (``max_buckets > 1``,
+  :func:`plan_length_buckets`). All equal the 77-token run (tested, gradients included);
+* the **last block computes only the EOS rows** (the only ones EOS pooling reads);
 * :meth:`CLIPTextTransformer.forward_embeds` takes token *embeddings* plus a mask, which CoOp uses to
   feed learnable context vectors.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +37,82 @@ class QuickGELU(nn.Module):
 def make_activation(name: str) -> nn.Module:
     """``gelu`` or ``quick_gelu`` as a module."""
     return QuickGELU() if name == "quick_gelu" else nn.GELU()
+
+
+class Packing(NamedTuple):
+    """Where the real tokens of a zero-padded batch ``(B, L)`` sit once packed into ``(T, W)`` rows.
+
+    Attributes:
+        index: ``(T,)`` flat grid positions ``b * L + t`` of the real tokens, in batch order.
+        pad: flat grid positions of the padding (zeroed when a grid is filled).
+        ends: ``(B,)`` row of each sequence's EOS token in the packed matrix.
+        eos: ``(B,)`` EOS position of each sequence in the grid.
+        batch: ``B``.
+        length: ``L`` (the longest sequence).
+    """
+
+    index: torch.Tensor
+    pad: torch.Tensor
+    ends: torch.Tensor
+    eos: torch.Tensor
+    batch: int
+    length: int
+
+    @classmethod
+    def from_eos(cls, eos: torch.Tensor, length: int) -> Packing:
+        """The packing of sequences that end at ``eos`` (every position ``<= eos`` is real)."""
+        real = torch.arange(length, device=eos.device) <= eos[:, None]
+        index, pad = real.flatten().nonzero().squeeze(1), (~real).flatten().nonzero().squeeze(1)
+        ends = torch.cumsum(eos + 1, dim=0) - 1
+        return cls(index, pad, ends, eos, eos.shape[0], length)
+
+    def pack(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, L, W)`` grid → ``(T, W)`` real tokens."""
+        return _Gather.apply(x.reshape(self.batch * self.length, x.shape[-1]), self.index, self.pad)
+
+    def to_grid(self, x: torch.Tensor, heads: int) -> torch.Tensor:
+        """``(T, W)`` → ``(B, heads, L, W // heads)`` with zeros at the padding (which no real query sees)."""
+        grid = _Scatter.apply(x, self.index, self.pad)
+        return grid.view(self.batch, self.length, heads, x.shape[1] // heads).transpose(1, 2)
+
+    def from_grid(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, heads, L, head_dim)`` attention output → ``(T, W)`` at the real tokens."""
+        batch, heads, length, head_dim = x.shape
+        return _Gather.apply(x.transpose(1, 2).reshape(batch * length, heads * head_dim), self.index, self.pad)
+
+
+def _scatter_rows(x: torch.Tensor, index: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+    """A ``(len(index) + len(pad), W)`` grid: rows of ``x`` at ``index``, zeros at ``pad`` (each row written once)."""
+    grid = x.new_empty(index.shape[0] + pad.shape[0], x.shape[1]).index_copy_(0, index, x)
+    return grid.index_fill_(0, pad, 0.0)
+
+
+class _Gather(torch.autograd.Function):
+    """``grid[index]`` for unique row indices; its backward is a plain row copy (no scatter-add)."""
+
+    @staticmethod
+    def forward(ctx, grid: torch.Tensor, index: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(index, pad)
+        return grid.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        index, pad = ctx.saved_tensors
+        return _scatter_rows(grad.contiguous(), index, pad), None, None
+
+
+class _Scatter(torch.autograd.Function):
+    """Rows of ``x`` placed at unique ``index`` rows of a zero ``(rows, W)`` grid; backward gathers them."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, index: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(index)
+        return _scatter_rows(x, index, pad)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (index,) = ctx.saved_tensors
+        return grad.reshape(-1, grad.shape[-1]).index_select(0, index), None, None
 
 
 class CausalSelfAttention(nn.Module):
@@ -67,6 +149,21 @@ class CausalSelfAttention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :])
         return self.out_proj(out.reshape(batch, width))
 
+    def forward_packed(self, x: torch.Tensor, packing: Packing) -> torch.Tensor:
+        """:meth:`forward` on packed real tokens ``(T, W)``: projections on ``T`` rows, attention on the grid."""
+        q, k, v = (packing.to_grid(proj(x), self.heads) for proj in (self.q_proj, self.k_proj, self.v_proj))
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.out_proj(packing.from_grid(out))
+
+    def forward_packed_last(self, x: torch.Tensor, packing: Packing) -> torch.Tensor:
+        """:meth:`forward_last` on packed real tokens: the attention output ``(B, W)`` at each EOS."""
+        batch, width = packing.ends.shape[0], x.shape[1]
+        q = self.q_proj(x[packing.ends]).view(batch, self.heads, 1, width // self.heads)
+        k, v = (packing.to_grid(proj(x), self.heads) for proj in (self.k_proj, self.v_proj))
+        keep = torch.arange(packing.length, device=x.device) <= packing.eos[:, None]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :])
+        return self.out_proj(out.reshape(batch, width))
+
 
 class ResidualBlock(nn.Module):
     """Pre-norm Transformer block: ``x + attn(ln_1(x))`` then ``x + mlp(ln_2(x))``."""
@@ -91,6 +188,16 @@ class ResidualBlock(nn.Module):
         x_eos = x[torch.arange(x.shape[0], device=x.device), eos] + self.attn.forward_last(self.ln_1(x), eos)
         return x_eos + self.mlp(self.ln_2(x_eos))
 
+    def forward_packed(self, x: torch.Tensor, packing: Packing) -> torch.Tensor:
+        """:meth:`forward` on packed real tokens ``(T, W)``."""
+        x = x + self.attn.forward_packed(self.ln_1(x), packing)
+        return x + self.mlp(self.ln_2(x))
+
+    def forward_packed_last(self, x: torch.Tensor, packing: Packing) -> torch.Tensor:
+        """:meth:`forward_last` on packed real tokens: ``(B, W)`` at the EOS positions."""
+        x_eos = x[packing.ends] + self.attn.forward_packed_last(self.ln_1(x), packing)
+        return x_eos + self.mlp(self.ln_2(x_eos))
+
 
 class CLIPTextTransformer(nn.Module):
     """CLIP's text tower: token + position embeddings, causal blocks, final norm, EOS pooling, projection.
@@ -112,6 +219,7 @@ class CLIPTextTransformer(nn.Module):
         self.ln_final = nn.LayerNorm(config.width)
         self.text_projection = nn.Linear(config.width, embed_dim, bias=config.proj_bias)
         self.grad_checkpointing = False
+        self.pack_tokens = True
         self.max_buckets = 1
         self.eos_only_last_block = True
         self.init_weights()
@@ -135,8 +243,9 @@ class CLIPTextTransformer(nn.Module):
     def forward(self, text: torch.Tensor) -> torch.Tensor:
         """Embed token ids ``(B, L)`` (zero padded, EOS = highest id) into ``(B, embed_dim)``.
 
-        Each batch is trimmed to its longest sequence; with ``max_buckets > 1`` it is also split into
-        length buckets (see :func:`plan_length_buckets`). Both are exact under the causal mask.
+        Only real tokens are computed: packed (``pack_tokens``, the default), else the batch trimmed to
+        its longest sequence; with ``max_buckets > 1`` it is instead split into length buckets (see
+        :func:`plan_length_buckets`). All are exact under the causal mask.
         """
         eos = text.argmax(dim=-1)
         lengths = eos + 1
@@ -165,6 +274,9 @@ class CLIPTextTransformer(nn.Module):
         return self._encode(x, eos)
 
     def _encode(self, x: torch.Tensor, eos: torch.Tensor) -> torch.Tensor:
+        """Blocks, final norm, EOS pooling and projection of a padded batch ``(B, L, W)``."""
+        if self.pack_tokens and self.max_buckets <= 1:
+            return self._encode_packed(x, eos)
         ckpt = self.grad_checkpointing and torch.is_grad_enabled()
         for index, block in enumerate(self.blocks):
             if self.eos_only_last_block and index == len(self.blocks) - 1:
@@ -174,6 +286,17 @@ class CLIPTextTransformer(nn.Module):
             x = checkpoint(block, x, use_reentrant=False) if ckpt else block(x)
         x = self.ln_final(x)
         return self.text_projection(x[torch.arange(x.shape[0], device=x.device), eos])
+
+    def _encode_packed(self, x: torch.Tensor, eos: torch.Tensor) -> torch.Tensor:
+        """:meth:`_encode` with the real tokens packed into ``(T, W)`` (see :class:`Packing`)."""
+        packing = Packing.from_eos(eos, x.shape[1])
+        x = packing.pack(x)
+        ckpt = self.grad_checkpointing and torch.is_grad_enabled()
+        for index, block in enumerate(self.blocks):
+            last = self.eos_only_last_block and index == len(self.blocks) - 1
+            fn = block.forward_packed_last if last else block.forward_packed
+            x = checkpoint(fn, x, packing, use_reentrant=False) if ckpt else fn(x, packing)
+        return self.text_projection(self.ln_final(x if self.eos_only_last_block else x[packing.ends]))
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable

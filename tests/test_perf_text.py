@@ -1,8 +1,9 @@
-"""Speed paths of the text tower equal the plain path: EOS-only last block, length buckets, fused q/k/v.
+"""Speed paths of the text tower equal the plain path: packed tokens, length buckets, EOS-only last block.
 
 Each optimisation in ``medclip/text.py`` can be switched off; these tests compare outputs AND parameter
-gradients of the fast path against the plain one on real report text, and our tower against open_clip's
-with copied weights (the benchmark's setup).
+gradients of the fast paths against the plain one (every position of the trimmed batch, all rows in the
+last block) on report-like text, and our tower against open_clip's with copied weights (the benchmark's
+setup). The training step (:func:`medclip.train.loop.forward_backward`) is checked to take the packed path.
 """
 
 from __future__ import annotations
@@ -29,8 +30,18 @@ REPORTS = [
 def _plain(model):
     plain = copy.deepcopy(model)
     plain.text.eos_only_last_block = False
+    plain.text.pack_tokens = False
     plain.text.max_buckets = 1
     return plain
+
+
+def _fast(model, mode: str):
+    """``packed`` (the default), ``trim`` (batch cut to its longest row) or ``buckets`` (3 length groups)."""
+    fast = copy.deepcopy(model)
+    fast.text.pack_tokens = mode == "packed"
+    fast.text.max_buckets = 3 if mode == "buckets" else 1
+    fast.text.eos_only_last_block = True
+    return fast
 
 
 def _grads(model, ids):
@@ -40,13 +51,15 @@ def _grads(model, ids):
     return out.detach(), {k: p.grad.clone() for k, p in model.text.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("buckets", [1, 3])
+def test_packed_path_is_the_default(tiny_model):
+    assert tiny_model.text.pack_tokens and tiny_model.text.max_buckets == 1 and tiny_model.text.eos_only_last_block
+
+
+@pytest.mark.parametrize("mode", ["packed", "trim", "buckets"])
 @pytest.mark.parametrize("checkpointing", [False, True])
-def test_fast_text_path_equals_plain_path_with_gradients(tiny_model, tokenizer, buckets, checkpointing):
+def test_fast_text_path_equals_plain_path_with_gradients(tiny_model, tokenizer, mode, checkpointing):
     ids = tokenizer(REPORTS)
-    fast = copy.deepcopy(tiny_model).train()
-    fast.text.eos_only_last_block = True
-    fast.text.max_buckets = buckets
+    fast = _fast(tiny_model, mode).train()
     fast.text.set_grad_checkpointing(checkpointing)
     plain = _plain(tiny_model).train()
     out_fast, grads_fast = _grads(fast, ids)
@@ -67,6 +80,47 @@ def test_eos_only_attention_equals_full_causal_attention_at_eos():
     eos = torch.tensor([8, 0, 3, 5, 8])
     full = attn(x)[torch.arange(5), eos]
     assert torch.allclose(attn.forward_last(x, eos), full, atol=1e-6)
+
+
+def test_packing_round_trip_and_positions():
+    from medclip.text import Packing
+
+    eos = torch.tensor([2, 0, 4])
+    packing = Packing.from_eos(eos, 5)
+    grid = torch.arange(15.0).view(3, 5, 1).expand(3, 5, 4).requires_grad_()
+    packed = packing.pack(grid)
+    assert packed[:, 0].tolist() == [0, 1, 2, 5, 10, 11, 12, 13, 14]  # real positions, batch order
+    assert packing.ends.tolist() == [2, 3, 8]  # EOS rows inside the packed matrix
+    back = packing.to_grid(packed, heads=2).transpose(1, 2).reshape(3, 5, 4)
+    real = (torch.arange(5) <= eos[:, None])[..., None]
+    assert torch.equal(back, torch.where(real, grid, torch.zeros(())))  # padding comes back as zeros
+    weights = torch.randn(3, 5, 4)
+    (back * weights).sum().backward()
+    assert torch.equal(grid.grad, torch.where(real, weights, torch.zeros(())))  # gradients reach real rows only
+    attention_out = torch.randn(3, 2, 5, 2, requires_grad=True)
+    rows = packing.from_grid(attention_out)
+    assert torch.equal(rows, attention_out.transpose(1, 2).reshape(15, 4)[packing.index])
+    rows.sum().backward()
+    assert attention_out.grad.transpose(1, 2).reshape(15, 4)[packing.pad].abs().sum() == 0
+
+
+def test_training_step_uses_packed_text_path(tiny_model, tokenizer, monkeypatch):
+    from types import SimpleNamespace
+
+    from medclip.text import Packing
+    from medclip.train.loop import forward_backward
+
+    model = copy.deepcopy(tiny_model).train()
+    seen = []
+    original = Packing.from_eos.__func__
+    monkeypatch.setattr(Packing, "from_eos", classmethod(lambda cls, eos, length: seen.append(length) or
+                                                          original(cls, eos, length)))
+    batch = {"image": torch.randn(len(REPORTS), 1, 64, 64), "text": tokenizer(REPORTS)}
+    cfg = SimpleNamespace(loss="dense", gradcache_chunk=0)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    loss = forward_backward(model, batch, cfg, torch.device("cpu"), "fp32", scaler)
+    assert seen == [int(batch["text"].argmax(-1).max()) + 1]  # one packed grid, trimmed to the longest report
+    assert loss > 0 and model.text.blocks[0].attn.q_proj.weight.grad is not None
 
 
 def test_forward_embeds_fast_equals_plain(tiny_model, tokenizer):
@@ -93,9 +147,10 @@ def test_text_tower_equals_open_clip_with_copied_weights(tokenizer):
                          text_cfg=text_cfg).eval()
     ours = medclip.create_model("tiny-vit", embed_dim=32,
                                 text={"width": 64, "heads": 4, "layers": 2, "mlp_ratio": 4.0}).eval()
-    ours.text.max_buckets = 3
     common.copy_open_clip_text(ours.text, ref)
     ids = tokenizer(REPORTS)
-    with torch.no_grad():
-        diff = (ours.encode_text(ids) - ref.encode_text(ids, normalize=True)).abs().max()
-    assert diff < 1e-5
+    for mode in ("packed", "trim", "buckets"):
+        fast = _fast(ours, mode)
+        with torch.no_grad():
+            diff = (fast.encode_text(ids) - ref.encode_text(ids, normalize=True)).abs().max()
+        assert diff < 1e-5, mode
