@@ -189,6 +189,17 @@ def _pooled_bins(probs: np.ndarray, y: np.ndarray, task: str, n_bins: int) -> di
     return reliability_bins(probs[known], y[known], n_bins)
 
 
+def _select_split(table: pd.DataFrame, source, split: str | None, calibrate_on: str | None) -> pd.DataFrame:
+    """Rows of ``split`` (and of ``calibrate_on``, kept for calibration); all rows when ``split`` is None."""
+    if not split:
+        return table
+    if not (table["split"] == split).any():
+        raise DataError(f"{source}: no rows with split '{split}' (splits present: "
+                        f"{sorted(set(table['split']) - {''}) or 'none'}); drop --split or fix the manifest")
+    keep = table["split"].isin([split, calibrate_on] if calibrate_on else [split])
+    return table[keep].reset_index(drop=True)
+
+
 def run_zeroshot(model, source: str, classes: ClassFile | str, output: str | None = None, *,
                  calibrate_on: str | None = None, val_fraction: float = 0.2, n_bootstrap: int = 1000,
                  seed: int = 0, threshold: float = 0.5, bootstrap_unit: str = "patient",
@@ -224,13 +235,7 @@ def run_zeroshot(model, source: str, classes: ClassFile | str, output: str | Non
     """
     model.eval()
     clf = ZeroShotClassifier(model, classes, cache_dir=cache_dir, fingerprint=fingerprint)
-    table = read_labelled_images(source, clf.classes)
-    if split:
-        keep = table["split"].isin([split, calibrate_on] if calibrate_on else [split])
-        if not (table["split"] == split).any():
-            raise DataError(f"{source}: no rows with split '{split}' (splits present: "
-                            f"{sorted(set(table['split']) - {''}) or 'none'}); drop --split or fix the manifest")
-        table = table[keep].reset_index(drop=True)
+    table = _select_split(read_labelled_images(source, clf.classes), source, split, calibrate_on)
     if max_images and len(table) > max_images:
         table = subsample(table, max_images, "label" if clf.task == "single" else None, seed)
     features, kept, bad = encode_images(model, table["image"].tolist(), batch_size=batch_size,
@@ -324,6 +329,22 @@ def _words(text: str) -> set[str]:
     return set(re.findall(r"[a-z]+", text.lower()))
 
 
+def _demo_frame(manifest: str, label_column: str, prompt_texts: list[str]) -> pd.DataFrame:
+    """The demo manifest with absolute image paths; raises if a prompt word never occurs in a training report."""
+    df = manifest_frame(manifest)
+    root = os.path.dirname(os.path.abspath(manifest))
+    df["image"] = [os.path.join(root, p) for p in df["image"]] if "image" in df.columns else df.get("image")
+    for col in ("split", "report", label_column):
+        if col not in df.columns:
+            raise DataError(f"{manifest}: no '{col}' column; this is not a demo-corpus manifest "
+                            "(medclip.data.demo.make_demo_corpus)")
+    vocabulary = set().union(*map(_words, df.loc[df["split"] == "train", "report"]))
+    unseen = sorted(set().union(*map(_words, prompt_texts)) - vocabulary)
+    if unseen:
+        raise DataError(f"held-out prompt words never seen in training reports: {', '.join(unseen)}")
+    return df
+
+
 def heldout_demo_report(model, manifest: str, output: str | None = None, prompts: list[str] | None = None,
                         negatives: list[str] | None = None, label_column: str = "opacity_left_upper",
                         splits: tuple[str, ...] = ("val", "test"), n_bootstrap: int = 1000, seed: int = 0,
@@ -356,17 +377,7 @@ def heldout_demo_report(model, manifest: str, output: str | None = None, prompts
     from .prompts import parse_class_file
 
     prompts, negatives = prompts or HELDOUT_PROMPTS, negatives or HELDOUT_NEGATIVES
-    df = manifest_frame(manifest)
-    root = os.path.dirname(os.path.abspath(manifest))
-    df["image"] = [os.path.join(root, p) for p in df["image"]] if "image" in df.columns else df.get("image")
-    for col in ("split", "report", label_column):
-        if col not in df.columns:
-            raise DataError(f"{manifest}: no '{col}' column; this is not a demo-corpus manifest "
-                            "(medclip.data.demo.make_demo_corpus)")
-    vocabulary = set().union(*map(_words, df.loc[df["split"] == "train", "report"]))
-    unseen = sorted(set().union(*map(_words, prompts + negatives)) - vocabulary)
-    if unseen:
-        raise DataError(f"held-out prompt words never seen in training reports: {', '.join(unseen)}")
+    df = _demo_frame(manifest, label_column, prompts + negatives)
     cf = parse_class_file({"task": "multi", "classes": {"heldout": {
         "prompts": prompts, "negatives": negatives, "column": label_column}}}, "held-out demo task")
     rows = df[df["split"].isin(splits)]

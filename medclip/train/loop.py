@@ -153,21 +153,12 @@ def _run(model, core, optimizer, scheduler, scaler, recipe, info, precision, dat
             losses = [forward_backward(model, b, cfg, device, precision, scaler, cfg.accumulation,
                                        sync=i == len(micro) - 1) for i, b in enumerate(micro)]
             micro, last_loss = [], sum(losses) / len(losses)
-            if not math.isfinite(last_loss):
-                good = list_checkpoints(run_dir)
-                raise TrainingDiverged(f"loss is {last_loss} at step {step + 1}; stopped without applying it. "
-                                       f"Last good checkpoint: {good[-1] if good else 'none'} (lower train.lr, "
-                                       f"use train.precision=fp32, then --resume)")
+            _stop_if_diverged(last_loss, step, run_dir)
             optimizer_step(model, optimizer, scheduler, scaler, cfg.clip_grad)
             step += 1
             state["first_loss"] = state["first_loss"] if state["first_loss"] is not None else last_loss
             if step % cfg.log_every == 0 or step == stop_at:
-                row = {"step": step, "epoch": state["epoch"], "loss": last_loss,
-                       "lr": optimizer.param_groups[0]["lr"], "logit_scale": float(core.get_logit_scale().detach())}
-                logger.log(row)
-                bar.set_postfix(loss=f"{last_loss:.3f}")
-                if info.is_main and not sys.stderr.isatty():
-                    print(f"step {step}/{stop_at} loss {last_loss:.4f} lr {row['lr']:.2e}", file=sys.stderr)
+                _log_step(logger, bar, info.is_main, core, optimizer, state["epoch"], step, stop_at, last_loss)
             bar.update(1)
             out_of_time = max_minutes is not None and time.monotonic() - started > 60 * max_minutes
             stopped = step >= stop_at or _any_rank(out_of_time, device)
@@ -189,6 +180,25 @@ def _run(model, core, optimizer, scheduler, scaler, recipe, info, precision, dat
         plot_loss_curve(logger.path, run_dir / "loss_curve.png")
     barrier()
     return {"step": step, "first_loss": state["first_loss"], "last_loss": last_loss, **metrics}
+
+
+def _stop_if_diverged(loss: float, step: int, run_dir: Path) -> None:
+    """Raise :class:`TrainingDiverged` (naming the last good checkpoint) when ``loss`` is NaN/inf."""
+    if not math.isfinite(loss):
+        good = list_checkpoints(run_dir)
+        raise TrainingDiverged(f"loss is {loss} at step {step + 1}; stopped without applying it. "
+                               f"Last good checkpoint: {good[-1] if good else 'none'} (lower train.lr, "
+                               f"use train.precision=fp32, then --resume)")
+
+
+def _log_step(logger, bar, is_main: bool, core, optimizer, epoch: int, step: int, stop_at: int, loss: float) -> None:
+    """One metrics row (loss, lr, logit scale) to the logger, the progress bar, and stderr when not a TTY."""
+    row = {"step": step, "epoch": epoch, "loss": loss, "lr": optimizer.param_groups[0]["lr"],
+           "logit_scale": float(core.get_logit_scale().detach())}
+    logger.log(row)
+    bar.set_postfix(loss=f"{loss:.3f}")
+    if is_main and not sys.stderr.isatty():
+        print(f"step {step}/{stop_at} loss {loss:.4f} lr {row['lr']:.2e}", file=sys.stderr)
 
 
 def _any_rank(flag: bool, device) -> bool:
