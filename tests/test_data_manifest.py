@@ -24,7 +24,7 @@ from medclip.data import (
     split_leak_free,
 )
 from medclip.data.splits import leak_groups
-from medclip.errors import ConfigError
+from medclip.errors import ConfigError, DataError
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +82,18 @@ def test_covid_dataloader_yields_dict_batches(shared_data, tmp_path, caplog):
     assert len(batch["patient_id"]) == 8 and len(batch["path"]) == 8
     assert (batch["text"].argmax(dim=1) > 0).all()  # EOS (highest id) after the text
     assert len(list((tmp_path / "cache").rglob("*.npy"))) == 388  # the check pass filled the cache
+    # splits.csv is a manifest again (e.g. `medclip retrieve --manifest RUN/splits.csv --split test`)
+    again = load_manifest(tmp_path / "splits.csv")
+    loaded = pd.concat([v.dataset.df for v in loaders.values()])
+    assert sorted(zip(again["image"], again["split"])) == sorted(zip(loaded["image"], loaded["split"]))
+    assert set(again["source_line"].astype(int)) == set(loaded["line"])
+
+
+def test_reserved_manifest_column_is_a_one_line_error(tmp_path):
+    path = tmp_path / "m.csv"
+    pd.DataFrame({"line": [1], "image": ["a.png"], "report": ["Clear."]}).to_csv(path, index=False)
+    with pytest.raises(DataError, match=r"m\.csv: column\(s\) line are reserved .* rename them"):
+        load_manifest(path)
 
 
 def test_report_sections():

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..errors import DataError
 from .config import DataConfig
-from .manifest import check_manifest, load_manifest, write_quarantine
+from .manifest import check_manifest, load_manifest, splits_manifest, write_quarantine
 from .splits import check_splits, split_leak_free
 from .transforms import build_image_transform
 
@@ -106,7 +106,7 @@ def prepare_manifest(data_config: DataConfig, decode=None, seed: int = 0,
                         f"fill it everywhere or delete it to split leak-free")
     else:
         good = split_leak_free(good, data_config.val, data_config.test, seed)
-        good.to_csv(folder / "splits.csv", index=False)
+        splits_manifest(good).to_csv(folder / "splits.csv", index=False)
         logger.info("data: leak-free split (seed %d) written to %s", seed, folder / "splits.csv")
     return good, quarantine, qpath
 
