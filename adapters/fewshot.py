@@ -216,7 +216,7 @@ def _write_run(output, adapter, table, test, probs, result, row) -> None:
 
 
 def summarize(results: pd.DataFrame) -> pd.DataFrame:
-    """Mean and 95% CI (t-interval over seeds) of AUROC, accuracy and ECE per method × shots."""
+    """Mean and 95% CI (t-interval over seeds, clipped to [0, 1]) of AUROC, accuracy and ECE per method × shots."""
     from scipy import stats
 
     rows = []
@@ -227,7 +227,9 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
             mean = float(values.mean()) if len(values) else float("nan")
             half = float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))) \
                 if len(values) > 1 else float("nan")
-            row.update({metric: mean, f"{metric}_ci_low": mean - half, f"{metric}_ci_high": mean + half})
+            # all three metrics live in [0, 1]; a t-interval over few seeds can overshoot it
+            row.update({metric: mean, f"{metric}_ci_low": max(0.0, mean - half),
+                        f"{metric}_ci_high": min(1.0, mean + half)})
         rows.append(row)
     return pd.DataFrame(rows)
 

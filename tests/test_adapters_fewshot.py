@@ -6,7 +6,7 @@ import medclip_adapters as ma
 import numpy as np
 import pandas as pd
 import pytest
-from medclip_adapters.fewshot import apply_split_csv, load_table, sample_split, save_split
+from medclip_adapters.fewshot import apply_split_csv, load_table, sample_split, save_split, summarize
 
 from medclip.cli import main
 from medclip.errors import DataError
@@ -130,3 +130,13 @@ def test_medclip_never_imports_the_adapters_at_import_time():
                 offenders.append(f"{path.name}:{node.lineno}")
     assert not offenders, offenders
     assert "medclip_adapters" in (Path(medclip.__file__).parent / "commands" / "fewshot.py").read_text()
+
+
+def test_summary_is_the_seed_mean_with_a_t_interval_clipped_to_unit_range():
+    results = pd.DataFrame({"method": ["probe"] * 3, "shots": [1] * 3, "auroc": [0.93, 0.70, 0.90],
+                            "accuracy": [0.70, 0.71, 0.72], "ece": [0.01, 0.30, 0.02]})
+    row = summarize(results).iloc[0]
+    assert row["n_seeds"] == 3 and row["auroc"] == pytest.approx(np.mean([0.93, 0.70, 0.90]))
+    half = 4.302653 * np.std([0.70, 0.71, 0.72], ddof=1) / np.sqrt(3)  # t(0.975, 2) * s / sqrt(n)
+    assert row["accuracy_ci_low"] == pytest.approx(0.71 - half, abs=1e-6)
+    assert row["auroc_ci_high"] == 1.0 and row["ece_ci_low"] == 0.0  # the raw t-interval overshoots [0, 1]
