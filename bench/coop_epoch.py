@@ -40,9 +40,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="ViT-B-32", help="architecture (random weights) or model folder")
     parser.add_argument("--shots", type=int, default=16)
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=None, help="epochs per variant (default 3, --quick 2)")
+    parser.add_argument("--quick", action="store_true", help="fewer epochs (the same model and shots)")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
+    args.epochs = args.epochs or (2 if args.quick else 3)
 
     torch.manual_seed(0)
     model = medclip.from_pretrained(args.model) if os.path.isdir(args.model) else \

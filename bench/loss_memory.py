@@ -9,7 +9,7 @@ open_clip is installed (else :func:`medclip.loss.clip_loss`); ``tiled`` is
 Usage::
 
     python bench/loss_memory.py            # N = 4096, 16384, 32768, d = 512
-    python bench/loss_memory.py --quick    # skips dense at N = 32768 (needs ~20 GiB)
+    python bench/loss_memory.py --quick    # one timed repeat; skips dense at N = 32768 (needs ~20 GiB)
 
 The last line is the key ratio: dense / tiled time and memory at N = 16384.
 """
@@ -67,10 +67,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[4096, 16384, 32768])
     parser.add_argument("--dim", type=int, default=512)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--quick", action="store_true", help="skip dense at N >= 32768")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats, best kept (default 2, --quick 1)")
+    parser.add_argument("--quick", action="store_true", help="one repeat; skip dense at N >= 32768")
     parser.add_argument("--child", nargs=2, metavar=("METHOD", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.repeats = args.repeats or (1 if args.quick else 2)
     if args.child:
         print(json.dumps(measure(args.child[0], int(args.child[1]), args.dim, args.repeats)))
         return

@@ -37,7 +37,7 @@ TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2, "bf16": 5e-2}
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer repetitions")
-    p.add_argument("--reps", type=int, default=None, help="timed rounds (default 10, --quick 5)")
+    p.add_argument("--reps", type=int, default=None, help="timed rounds (default 10, --quick 3)")
     p.add_argument("--report-batch", type=int, default=64)
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
@@ -80,13 +80,13 @@ def throughput(ours, theirs, batches, reps) -> dict[str, float]:
 
     times = common.interleaved({"medclip": runner(lambda ids: ours.encode_text(ids)),
                                 "open_clip": runner(lambda ids: theirs.encode_text(ids, normalize=True))},
-                               reps=reps, warmup=2)
+                               reps=reps, warmup=1 if reps < 5 else 2)
     return {lib: batches[0].shape[0] / seconds for lib, seconds in times.items()}
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    reps = args.reps or (5 if args.quick else 10)
+    reps = args.reps or (3 if args.quick else 10)
     print(f"# text encoding, {ARCH} text tower, {args.precision}, {args.device}: {common.machine_line()}")
     ours, theirs = build_pair(args.device, args.precision)
     tokenizer = medclip.get_tokenizer(ARCH)

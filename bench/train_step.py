@@ -1,16 +1,23 @@
-"""Training-step throughput: medclip vs open_clip, same architecture, batch, precision and report text.
+"""Training-step throughput: medclip vs open_clip, same architecture, weights, batch, precision and report text.
 
 One step = forward of both towers, symmetric InfoNCE (the same :func:`medclip.clip_loss` for both
-libraries, so only the models differ), backward and AdamW. Random weights; random images; the text is
-real IU X-ray report text (FINDINGS+IMPRESSION, then IMPRESSION only), a different random batch every
-round, the same batches for both libraries. Ours runs with its default length handling (the batch is
-cut into length buckets, see ``medclip.text``) and, as an extra row, trimmed to the batch maximum only
-(``max_buckets=1``). Repetitions are interleaved (ours, open_clip, ours, ...) and each row reports the
-median, so machine noise cancels in the ratio.
+libraries, so only the models differ), backward and AdamW. open_clip's model is built with random weights
+and copied into ours (:func:`medclip.interop.open_clip.convert_open_clip_state`), so both libraries start
+from the SAME weights, see the same random images and the same real IU X-ray report batches
+(FINDINGS+IMPRESSION, then IMPRESSION only; a different batch every round) in the same order. Each row
+owns its model and optimizer, so the losses of every step must agree between the libraries: the script
+prints the largest difference (a check that both compute the same thing, nothing skipped).
+
+Ours runs with its default text path (the batch's real tokens packed into one matrix, see
+``medclip.text``); without ``--quick`` an extra row shows it trimmed to the batch maximum only
+(``pack_tokens = False``). Repetitions are interleaved (ours, open_clip, ours, ...) and each row reports
+the median, so machine noise cancels in the ratio.
 
 The "% of peak" column counts useful matmul FLOPs only — the image tower (counted by
-``torch.utils.flop_counter``) and the text tower at each report's *real* length, times 3 for forward +
-backward — against a large fp32 ``torch.mm`` measured in this script.
+``torch.utils.flop_counter``) and the text tower at each report's *real* token length, times 3 for
+forward + backward; the same count for both libraries — against a large fp32 ``torch.mm`` measured in
+this script. A bf16-autocast row is added only where the CPU has native bf16
+(``torch.ops.mkldnn._is_mkldnn_bf16_supported()``); otherwise the table says why it is missing.
 
 Usage::
 
@@ -24,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import sys
 from pathlib import Path
 
@@ -43,7 +51,7 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="fewer repetitions (never smaller models)")
     p.add_argument("--archs", nargs="+", default=["ViT-B-32", "RN50"])
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--reps", type=int, default=None, help="timed rounds per row (default 5, --quick 3)")
+    p.add_argument("--reps", type=int, default=None, help="timed rounds per row (default 5, --quick 2)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"],
                    help="autocast dtype for both libraries (fp16/bf16 on GPU)")
@@ -58,19 +66,17 @@ def autocast(device: str, precision: str):
     return torch.autocast(device_type=device, dtype={"fp16": torch.float16, "bf16": torch.bfloat16}[precision])
 
 
-def make_step(model, optimizer, batches, images, device, precision, max_buckets=None):
-    """A zero-argument training step that walks through ``batches`` (token ids) in order.
+def make_step(model, batches, images, device, precision, pack_tokens=None):
+    """A zero-argument training step (own AdamW) that walks through ``batches`` (token ids) in order.
 
-    ``max_buckets`` (ours only) is set on the text tower before each step, so one model (and one
-    optimizer state) serves both of our rows.
+    ``pack_tokens`` (ours only) selects our text path; the step's losses are kept in ``step.losses``.
     """
-    state = {"i": 0}
+    optimizer = adamw(model)
+    if pack_tokens is not None:
+        model.text.pack_tokens = pack_tokens
 
     def step():
-        if max_buckets is not None:
-            model.text.max_buckets = max_buckets
-        text = batches[state["i"] % len(batches)]
-        state["i"] += 1
+        text = batches[len(step.losses) % len(batches)]
         with autocast(device, precision):
             out = model(images, text)
             loss = clip_loss(out["image_features"].float(), out["text_features"].float(), out["logit_scale"])
@@ -79,7 +85,9 @@ def make_step(model, optimizer, batches, images, device, precision, max_buckets=
         optimizer.step()
         if device == "cuda":
             torch.cuda.synchronize()
+        step.losses.append(loss.item())
 
+    step.losses = []
     return step
 
 
@@ -97,65 +105,88 @@ def step_flops(model, arch_batches, batch) -> float:
     return 3 * (image + sum(texts) / len(texts))
 
 
-def bench_arch(arch, args, text_sets, peak) -> list[dict]:
-    """All rows for one architecture: per text set, open_clip vs ours (bucketed and trim-only)."""
+def build_pair(arch: str, device: str):
+    """open_clip's model (random weights, seeded) and ours holding the same weights, both in train mode."""
     import open_clip
 
+    from medclip.interop.open_clip import convert_open_clip_state
+
     torch.manual_seed(0)
-    ours = medclip.create_model(arch).to(args.device).train()
-    theirs = open_clip.create_model(arch, output_dict=True).to(args.device).train()
+    theirs = open_clip.create_model(arch, output_dict=True)
+    ours = medclip.create_model(arch)
+    ours.load_state_dict(convert_open_clip_state(theirs.state_dict()))  # strict: every weight copied
+    return ours.to(device).train(), theirs.to(device).train()
+
+
+def bench_arch(arch, args, text_sets, peak) -> list[dict]:
+    """All rows for one architecture: per text set, open_clip vs ours (packed, and trim-only unless quick)."""
+    ours, theirs = build_pair(arch, args.device)
+    extra = {} if args.quick else {"medclip (trim only)": copy.deepcopy(ours)}
     tokenizer = medclip.get_tokenizer(arch)
     size = ours.config.vision.image_size
-    images = torch.randn(args.batch, 3, size, size, device=args.device)
-    default_buckets = ours.text.max_buckets
-    opt_ours, opt_theirs = adamw(ours), adamw(theirs)
+    images = torch.randn(args.batch, 3, size, size, generator=torch.Generator().manual_seed(1)).to(args.device)
+    reps = args.reps or (2 if args.quick else 5)
+    batches = {name: [tokenizer(common.sample_batch(texts, args.batch, seed)).to(args.device)
+                      for seed in range(reps + 1)] for name, texts in text_sets.items()}
     rows = []
-    reps = args.reps or (3 if args.quick else 5)
-    for name, texts in text_sets.items():
-        batches = [tokenizer(common.sample_batch(texts, args.batch, seed)).to(args.device)
-                   for seed in range(reps + 1)]
-        fns = {
-            "open_clip": make_step(theirs, opt_theirs, batches, images, args.device, args.precision),
-            "medclip": make_step(ours, opt_ours, batches, images, args.device, args.precision, default_buckets),
-        }
-        if default_buckets > 1:
-            fns["medclip (trim only)"] = make_step(ours, opt_ours, batches, images, args.device, args.precision, 1)
-        times = common.interleaved(fns, reps=reps, warmup=1)
-        flops = step_flops(ours, batches, args.batch)
-        lengths = torch.cat([(b.argmax(-1) + 1).float() for b in batches])
+    for set_index, (name, set_batches) in enumerate(batches.items()):
+        fns = {"open_clip": make_step(theirs, set_batches, images, args.device, args.precision),
+               "medclip": make_step(ours, set_batches, images, args.device, args.precision, True)}
+        fns.update({lib: make_step(m, set_batches, images, args.device, args.precision, False)
+                    for lib, m in extra.items()})
+        # one untimed warm-up round per architecture (allocator, oneDNN kernels); each fn then walks the
+        # same batches in the same order, so every library's losses must agree step by step
+        times = common.interleaved(fns, reps=reps, warmup=0 if set_index else 1)
+        loss_diff = max(abs(a - b) for fn in fns.values() for a, b in zip(fn.losses, fns["open_clip"].losses))
+        flops = step_flops(ours, set_batches, args.batch)
+        lengths = torch.cat([(b.argmax(-1) + 1).float() for b in set_batches])
         for lib, seconds in times.items():
             rows.append({"arch": arch, "text": name, "lib": lib, "seconds": seconds,
                          "pairs_s": args.batch / seconds, "ratio": times["open_clip"] / seconds,
                          "peak": flops / seconds / peak if peak else float("nan"),
-                         "mean_len": float(lengths.mean())})
-        ours.text.max_buckets = default_buckets
+                         "mean_len": float(lengths.mean()), "max_len": float(lengths.max()),
+                         "loss_diff": loss_diff})
     return rows
 
 
 def bf16_note(device: str) -> str | None:
-    """Why the bf16 row is skipped on this CPU (or None when bf16 is fast here)."""
+    """Why there is no bf16 row on this CPU (or None when bf16 is native here)."""
     if device != "cpu":
         return None
     if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        return ("bf16 row skipped: this CPU has no native bf16 (oneDNN reports no AVX512-BF16/AMX); "
-                "emulated bf16 is far slower than fp32 here")
+        return ("skipped: no native bf16 on this CPU (torch.ops.mkldnn._is_mkldnn_bf16_supported() is False: "
+                "no AVX512-BF16/AMX); emulated bf16 is far slower than fp32")
     return None
 
 
-def bench_bf16(arch, args, texts, peak) -> dict:
-    """Our bf16-autocast step (CPU with native bf16 only)."""
-    bf16_args = argparse.Namespace(**{**vars(args), "precision": "bf16"})
-    torch.manual_seed(0)
-    model = medclip.create_model(arch).train()
+def bench_bf16(arch, args, texts) -> dict:
+    """Our bf16-autocast step (CPU with native bf16 only), F+I text."""
+    ours, _ = build_pair(arch, "cpu")
     tokenizer = medclip.get_tokenizer(arch)
-    size = model.config.vision.image_size
-    images = torch.randn(args.batch, 3, size, size)
-    reps = args.reps or (3 if args.quick else 5)
+    size = ours.config.vision.image_size
+    images = torch.randn(args.batch, 3, size, size, generator=torch.Generator().manual_seed(1))
+    reps = args.reps or (2 if args.quick else 5)
     batches = [tokenizer(common.sample_batch(texts, args.batch, seed)) for seed in range(reps + 1)]
-    fn = make_step(model, adamw(model), batches, images, "cpu", bf16_args.precision)
-    seconds = common.interleaved({"bf16": fn}, reps=reps)["bf16"]
+    seconds = common.interleaved({"bf16": make_step(ours, batches, images, "cpu", "bf16", True)}, reps=reps)["bf16"]
     return {"arch": arch, "text": "findings+impression", "lib": "medclip bf16 autocast", "seconds": seconds,
-            "pairs_s": args.batch / seconds, "ratio": float("nan"), "peak": float("nan"), "mean_len": float("nan")}
+            "pairs_s": args.batch / seconds}
+
+
+def format_rows(rows: list[dict]) -> list[list[str]]:
+    """Table cells; rows without a measurement (the bf16 note) show their note."""
+    out = []
+    for r in rows:
+        if "note" in r:
+            out.append([r["arch"], r["text"], r["lib"], r["note"], "", "", "", "", ""])
+            continue
+        cells = [r["arch"], r["text"], r["lib"], f"{r['seconds']:.2f}", f"{r['pairs_s']:.2f}"]
+        if "ratio" in r:
+            cells += [f"{r['ratio']:.2f}x", f"{100 * r['peak']:.0f}%", f"{r['mean_len']:.1f} / {r['max_len']:.0f}",
+                      f"{r['loss_diff']:.1e}"]
+        else:
+            cells += ["-", "-", "-", "-"]
+        out.append(cells)
+    return out
 
 
 def main(argv=None) -> int:
@@ -166,20 +197,20 @@ def main(argv=None) -> int:
     text_sets = {name: common.iu_xray_texts(name) for name in TEXT_SETS}
     peak = common.matmul_peak_flops() if args.device == "cpu" else 0.0
     if peak:
-        print(f"fp32 matmul peak (2048^3 torch.mm): {peak / 1e9:.1f} GFLOP/s")
+        print(f"fp32 matmul peak (2048^3 torch.mm, best of 5): {peak / 1e9:.1f} GFLOP/s")
     rows = []
     for arch in args.archs:
         rows += bench_arch(arch, args, text_sets, peak)
-    note = bf16_note(args.device)
     if args.device == "cpu" and args.precision == "fp32":
+        note = bf16_note(args.device)
         if note:
-            print(note)
+            rows.append({"arch": args.archs[0], "text": "findings+impression", "lib": "medclip bf16 autocast",
+                         "note": note})
         else:
-            rows.append(bench_bf16(args.archs[0], args, text_sets["findings+impression"], peak))
+            rows.append(bench_bf16(args.archs[0], args, text_sets["findings+impression"]))
     print(common.markdown_table(
-        ["arch", "text", "library", "s/step", "pairs/s", "vs open_clip", "% of fp32 peak", "mean tokens"],
-        [[r["arch"], r["text"], r["lib"], f"{r['seconds']:.2f}", f"{r['pairs_s']:.1f}", f"{r['ratio']:.2f}x",
-          f"{100 * r['peak']:.0f}%", f"{r['mean_len']:.1f}"] for r in rows]))
+        ["arch", "text", "library", "s/step", "pairs/s", "vs open_clip", "% of fp32 peak (useful FLOPs)",
+         "tokens mean / max", "max loss diff vs open_clip"], format_rows(rows)))
     key = [f"{r['arch']}/{r['text']} {r['ratio']:.2f}x" for r in rows if r["lib"] == "medclip"]
     print("KEY train_step ours/open_clip pairs/s: " + ", ".join(key))
     return 0
