@@ -175,11 +175,16 @@ def _run(model, core, optimizer, scheduler, scaler, recipe, info, precision, dat
     bar.close()
     run_validation()
     if info.is_main:
-        save_model_atomic(core, run_dir / "model", extra={"recipe": recipe.to_dict(), "step": step})
-        logger.close()
-        plot_loss_curve(logger.path, run_dir / "loss_curve.png")
+        _save_final(core, recipe, step, logger, run_dir)
     barrier()
     return {"step": step, "first_loss": state["first_loss"], "last_loss": last_loss, **metrics}
+
+
+def _save_final(core, recipe, step: int, logger, run_dir: Path) -> None:
+    """The final ``model/`` folder (with its recipe), closed logs and the loss curve."""
+    save_model_atomic(core, run_dir / "model", extra={"recipe": recipe.to_dict(), "step": step})
+    logger.close()
+    plot_loss_curve(logger.path, run_dir / "loss_curve.png")
 
 
 def _stop_if_diverged(loss: float, step: int, run_dir: Path) -> None:
