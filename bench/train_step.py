@@ -23,6 +23,7 @@ Usage::
 
     python bench/train_step.py [--quick] [--archs ViT-B-32 RN50] [--batch 32]
     python bench/train_step.py --device cuda --precision bf16     # GPU users
+    python bench/train_step.py --profile --archs ViT-B-32         # where the time goes (torch.profiler)
 
 Last line: the key ratios (ours / open_clip pairs/s).
 """
@@ -56,6 +57,8 @@ def parse_args(argv=None):
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"],
                    help="autocast dtype for both libraries (fp16/bf16 on GPU)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--profile", action="store_true",
+                   help="instead of timing: torch.profiler table of one F+I step per library (first arch)")
     return p.parse_args(argv)
 
 
@@ -189,12 +192,33 @@ def format_rows(rows: list[dict]) -> list[list[str]]:
     return out
 
 
+def profile_step(arch: str, args, texts, row_limit: int = 12) -> None:
+    """Print torch.profiler's top operators (self CPU time) of one training step per library, same batch."""
+    from torch.profiler import ProfilerActivity, profile
+
+    ours, theirs = build_pair(arch, args.device)
+    tokenizer = medclip.get_tokenizer(arch)
+    size = ours.config.vision.image_size
+    images = torch.randn(args.batch, 3, size, size, generator=torch.Generator().manual_seed(1)).to(args.device)
+    batches = [tokenizer(common.sample_batch(texts, args.batch, 0)).to(args.device)]
+    for lib, model in (("open_clip", theirs), ("medclip", ours)):
+        step = make_step(model, batches, images, args.device, args.precision, True if lib == "medclip" else None)
+        step()  # warm-up (allocator, oneDNN kernels)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            step()
+        print(f"## {lib} {arch}, one step, F+I text (mean {float((batches[0].argmax(-1) + 1).float().mean()):.1f} "
+              f"tokens)\n" + prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=row_limit))
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"# training step, batch {args.batch}, {args.precision}, {args.device}: {common.machine_line()}")
     text_sets = {name: common.iu_xray_texts(name) for name in TEXT_SETS}
+    if args.profile:
+        profile_step(args.archs[0], args, text_sets["findings+impression"])
+        return 0
     peak = common.matmul_peak_flops() if args.device == "cpu" else 0.0
     if peak:
         print(f"fp32 matmul peak (2048^3 torch.mm, best of 5): {peak / 1e9:.1f} GFLOP/s")
