@@ -163,25 +163,31 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
 
 
 def copy_open_clip_text(ours: torch.nn.Module, ref: torch.nn.Module) -> None:
-    """Copy an open_clip CLIP's text tower into our ``CLIPTextTransformer`` (fused in_proj -> q/k/v).
+    """Load an open_clip CLIP's text tower into our ``CLIPTextTransformer`` through medclip's own converter.
 
     Args:
-        ours: ``model.text`` of a medclip CLIP with the same text sizes.
-        ref: an ``open_clip`` CLIP (``token_embedding``, ``transformer.resblocks``, ``text_projection``).
+        ours: ``model.text`` of a medclip CLIP with the same text sizes (strict load: every weight copied).
+        ref: an ``open_clip`` CLIP.
     """
-    with torch.no_grad():
-        ours.token_embedding.weight.copy_(ref.token_embedding.weight)
-        ours.positional_embedding.copy_(ref.positional_embedding)
-        for mine, theirs in zip(ours.blocks, ref.transformer.resblocks):
-            for name in ("ln_1", "ln_2"):
-                getattr(mine, name).load_state_dict(getattr(theirs, name).state_dict())
-            weights = theirs.attn.in_proj_weight.chunk(3)
-            biases = theirs.attn.in_proj_bias.chunk(3)
-            for proj, w, b in zip((mine.attn.q_proj, mine.attn.k_proj, mine.attn.v_proj), weights, biases):
-                proj.weight.copy_(w)
-                proj.bias.copy_(b)
-            mine.attn.out_proj.load_state_dict(theirs.attn.out_proj.state_dict())
-            mine.mlp.c_fc.load_state_dict(theirs.mlp.c_fc.state_dict())
-            mine.mlp.c_proj.load_state_dict(theirs.mlp.c_proj.state_dict())
-        ours.ln_final.load_state_dict(ref.ln_final.state_dict())
-        ours.text_projection.weight.copy_(ref.text_projection.T)
+    from medclip.interop.open_clip import convert_open_clip_state
+
+    state = convert_open_clip_state(ref.state_dict())
+    ours.load_state_dict({k[len("text."):]: v for k, v in state.items() if k.startswith("text.")})
+
+
+def same_weight_pair(arch: str):
+    """open_clip's ``arch`` with random weights (seed 0) and ours holding the same weights, on CPU.
+
+    Returns:
+        ``(ours, theirs)``; open_clip's model returns dicts from ``forward``.
+    """
+    import open_clip
+
+    import medclip
+    from medclip.interop.open_clip import convert_open_clip_state
+
+    torch.manual_seed(0)
+    theirs = open_clip.create_model(arch, output_dict=True)
+    ours = medclip.create_model(arch)
+    ours.load_state_dict(convert_open_clip_state(theirs.state_dict()))  # strict: every weight copied
+    return ours, theirs

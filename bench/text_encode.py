@@ -45,15 +45,10 @@ def parse_args(argv=None):
 
 
 def build_pair(device: str, precision: str):
-    """open_clip's model and ours with open_clip's text weights copied in, both in eval mode."""
-    import open_clip
-
-    torch.manual_seed(0)
-    theirs = open_clip.create_model(ARCH).eval()
-    ours = medclip.create_model(ARCH).eval()
-    common.copy_open_clip_text(ours.text, theirs)
+    """open_clip's model and ours holding the same weights, both in eval mode."""
+    ours, theirs = common.same_weight_pair(ARCH)
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
-    return ours.to(device, dtype), theirs.to(device, dtype)
+    return ours.eval().to(device, dtype), theirs.eval().to(device, dtype)
 
 
 def compare(ours, theirs, batches) -> float:

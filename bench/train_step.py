@@ -108,31 +108,33 @@ def step_flops(model, arch_batches, batch) -> float:
     return 3 * (image + sum(texts) / len(texts))
 
 
-def build_pair(arch: str, device: str):
-    """open_clip's model (random weights, seeded) and ours holding the same weights, both in train mode."""
-    import open_clip
+def step_inputs(ours, args, texts: list[str], n_batches: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The fixed random image batch (seed 1) and ``n_batches`` token batches of real report text (seeds 0..)."""
+    size = ours.config.vision.image_size
+    images = torch.randn(args.batch, 3, size, size, generator=torch.Generator().manual_seed(1)).to(args.device)
+    tokenizer = medclip.get_tokenizer(ours.config)
+    return images, [tokenizer(common.sample_batch(texts, args.batch, seed)).to(args.device)
+                    for seed in range(n_batches)]
 
-    from medclip.interop.open_clip import convert_open_clip_state
 
-    torch.manual_seed(0)
-    theirs = open_clip.create_model(arch, output_dict=True)
-    ours = medclip.create_model(arch)
-    ours.load_state_dict(convert_open_clip_state(theirs.state_dict()))  # strict: every weight copied
-    return ours.to(device).train(), theirs.to(device).train()
+def timed_reps(args) -> int:
+    """Timed rounds per row: --reps, else 5 (2 with --quick)."""
+    return args.reps or (2 if args.quick else 5)
+
+
+def token_lengths(batches: list[torch.Tensor]) -> torch.Tensor:
+    """Real token count (up to and including EOS, the highest id) of every text in ``batches``."""
+    return torch.cat([(b.argmax(-1) + 1).float() for b in batches])
 
 
 def bench_arch(arch, args, text_sets, peak) -> list[dict]:
     """All rows for one architecture: per text set, open_clip vs ours (packed, and trim-only unless quick)."""
-    ours, theirs = build_pair(arch, args.device)
+    ours, theirs = (m.to(args.device).train() for m in common.same_weight_pair(arch))
     extra = {} if args.quick else {"medclip (trim only)": copy.deepcopy(ours)}
-    tokenizer = medclip.get_tokenizer(arch)
-    size = ours.config.vision.image_size
-    images = torch.randn(args.batch, 3, size, size, generator=torch.Generator().manual_seed(1)).to(args.device)
-    reps = args.reps or (2 if args.quick else 5)
-    batches = {name: [tokenizer(common.sample_batch(texts, args.batch, seed)).to(args.device)
-                      for seed in range(reps + 1)] for name, texts in text_sets.items()}
+    reps = timed_reps(args)
     rows = []
-    for set_index, (name, set_batches) in enumerate(batches.items()):
+    for set_index, (name, texts) in enumerate(text_sets.items()):
+        images, set_batches = step_inputs(ours, args, texts, reps + 1)
         fns = {"open_clip": make_step(theirs, set_batches, images, args.device, args.precision),
                "medclip": make_step(ours, set_batches, images, args.device, args.precision, True)}
         fns.update({lib: make_step(m, set_batches, images, args.device, args.precision, False)
@@ -142,7 +144,7 @@ def bench_arch(arch, args, text_sets, peak) -> list[dict]:
         times = common.interleaved(fns, reps=reps, warmup=0 if set_index else 1)
         loss_diff = max(abs(a - b) for fn in fns.values() for a, b in zip(fn.losses, fns["open_clip"].losses))
         flops = step_flops(ours, set_batches, args.batch)
-        lengths = torch.cat([(b.argmax(-1) + 1).float() for b in set_batches])
+        lengths = token_lengths(set_batches)
         for lib, seconds in times.items():
             rows.append({"arch": arch, "text": name, "lib": lib, "seconds": seconds,
                          "pairs_s": args.batch / seconds, "ratio": times["open_clip"] / seconds,
@@ -164,12 +166,9 @@ def bf16_note(device: str) -> str | None:
 
 def bench_bf16(arch, args, texts) -> dict:
     """Our bf16-autocast step (CPU with native bf16 only), F+I text."""
-    ours, _ = build_pair(arch, "cpu")
-    tokenizer = medclip.get_tokenizer(arch)
-    size = ours.config.vision.image_size
-    images = torch.randn(args.batch, 3, size, size, generator=torch.Generator().manual_seed(1))
-    reps = args.reps or (2 if args.quick else 5)
-    batches = [tokenizer(common.sample_batch(texts, args.batch, seed)) for seed in range(reps + 1)]
+    ours = common.same_weight_pair(arch)[0].train()
+    reps = timed_reps(args)
+    images, batches = step_inputs(ours, args, texts, reps + 1)
     seconds = common.interleaved({"bf16": make_step(ours, batches, images, "cpu", "bf16", True)}, reps=reps)["bf16"]
     return {"arch": arch, "text": "findings+impression", "lib": "medclip bf16 autocast", "seconds": seconds,
             "pairs_s": args.batch / seconds}
@@ -196,17 +195,14 @@ def profile_step(arch: str, args, texts, row_limit: int = 12) -> None:
     """Print torch.profiler's top operators (self CPU time) of one training step per library, same batch."""
     from torch.profiler import ProfilerActivity, profile
 
-    ours, theirs = build_pair(arch, args.device)
-    tokenizer = medclip.get_tokenizer(arch)
-    size = ours.config.vision.image_size
-    images = torch.randn(args.batch, 3, size, size, generator=torch.Generator().manual_seed(1)).to(args.device)
-    batches = [tokenizer(common.sample_batch(texts, args.batch, 0)).to(args.device)]
+    ours, theirs = (m.to(args.device).train() for m in common.same_weight_pair(arch))
+    images, batches = step_inputs(ours, args, texts, 1)
     for lib, model in (("open_clip", theirs), ("medclip", ours)):
         step = make_step(model, batches, images, args.device, args.precision, True if lib == "medclip" else None)
         step()  # warm-up (allocator, oneDNN kernels)
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             step()
-        print(f"## {lib} {arch}, one step, F+I text (mean {float((batches[0].argmax(-1) + 1).float().mean()):.1f} "
+        print(f"## {lib} {arch}, one step, F+I text (mean {float(token_lengths(batches).mean()):.1f} "
               f"tokens)\n" + prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=row_limit))
 
 
