@@ -26,6 +26,9 @@ from .reports import extract_sections, normalize_whitespace, read_report_file
 SPLITS = ("train", "val", "test")
 _SPLIT_ALIASES = {"training": "train", "valid": "val", "validation": "val", "dev": "val", "testing": "test"}
 QUARANTINE_COLUMNS = ["line", "image", "reason"]
+# columns load_manifest adds (an input manifest must not carry them), and with check_manifest's ``text``
+RESERVED_COLUMNS = ("line", "image_raw", "report_error")
+DERIVED_COLUMNS = (*RESERVED_COLUMNS, "text")
 
 
 def load_manifest(path: str | os.PathLike, columns: ManifestColumns | dict | None = None) -> pd.DataFrame:
@@ -61,22 +64,19 @@ def load_manifest(path: str | os.PathLike, columns: ManifestColumns | dict | Non
     if missing:
         raise DataError(f"{path}: label column(s) {', '.join(missing)} not found (columns: {found}); "
                         f"fix data.columns.labels")
-    reserved = [c for c in DERIVED_COLUMNS[:3] if c in raw.columns]
+    reserved = [c for c in RESERVED_COLUMNS if c in raw.columns]
     if reserved:
         raise DataError(f"{path}: column(s) {', '.join(reserved)} are reserved for what medclip derives "
                         f"(row number, raw path, report error); rename them in the CSV")
     return _canonical(raw, cols, Path(path).resolve().parent)
 
 
-# columns that load_manifest/check_manifest add; an input manifest must not carry them
-DERIVED_COLUMNS = ("line", "image_raw", "report_error", "text")
-
-
 def splits_manifest(df: pd.DataFrame) -> pd.DataFrame:
-    """A loaded (and split) manifest as a CSV-ready manifest again: absolute image paths, the ``split``
-    column, the original row number as ``source_line``; derived columns dropped, so it loads as a manifest."""
+    """A loaded (and split) manifest as a CSV-ready manifest again: canonical column names, absolute image
+    paths, the ``split`` column, the original row number as ``source_line``; the columns that
+    :func:`load_manifest` / :func:`check_manifest` derive are dropped, so the file loads as a manifest."""
     out = df.drop(columns=[c for c in DERIVED_COLUMNS if c in df.columns])
-    out.insert(0, "source_line", df["line"].to_numpy() if "line" in df.columns else range(2, len(df) + 2))
+    out.insert(0, "source_line", df["line"].to_numpy())
     return out
 
 
