@@ -27,7 +27,7 @@ def random_tiny():
 
 
 def test_heldout_demo_report_auroc_with_ci(random_tiny, demo_manifest, tmp_path):
-    from medclip.eval.zeroshot import format_heldout, heldout_demo_report
+    from medclip.eval.heldout_demo import format_heldout, heldout_demo_report
 
     report = heldout_demo_report(random_tiny, demo_manifest, str(tmp_path), n_bootstrap=100)
     df = pd.read_csv(demo_manifest)
@@ -45,23 +45,28 @@ def test_heldout_demo_report_auroc_with_ci(random_tiny, demo_manifest, tmp_path)
 
 
 def test_heldout_prompt_must_use_training_words_only(random_tiny, demo_manifest):
-    from medclip.eval.zeroshot import heldout_demo_report
+    from medclip.eval.heldout_demo import heldout_demo_report
 
     with pytest.raises(DataError, match="apical"):
         heldout_demo_report(random_tiny, demo_manifest, prompts=["apical opacity on the left"], n_bootstrap=10)
 
 
-def test_pretrain_report_hook_only_for_demo_manifests(random_tiny, demo_manifest, tmp_path):
+def test_pretrain_report_only_for_demo_recipes(random_tiny, demo_manifest, tmp_path, caplog):
     from types import SimpleNamespace
 
-    from medclip.eval.zeroshot import pretrain_report
+    from medclip.eval.heldout_demo import pretrain_report
+
+    def recipe(manifest, demo=True):
+        return SimpleNamespace(data=SimpleNamespace(manifest=str(manifest), demo=demo))
 
     random_tiny.save_pretrained(str(tmp_path / "model"))
-    line = pretrain_report(str(tmp_path / "model"), SimpleNamespace(data=SimpleNamespace(manifest=demo_manifest)))
+    line = pretrain_report(str(tmp_path / "model"), recipe(demo_manifest))
     assert line.startswith("zero-shot on the held-out finding") and (tmp_path / "zeroshot_heldout" / "roc.png").exists()
+    assert pretrain_report(str(tmp_path / "model"), recipe(demo_manifest, demo=False)) is None
     other = tmp_path / "other.csv"
     pd.DataFrame({"image": ["a.png"], "report": ["x"]}).to_csv(other, index=False)
-    assert pretrain_report(str(tmp_path / "model"), SimpleNamespace(data=SimpleNamespace(manifest=str(other)))) is None
+    assert pretrain_report(str(tmp_path / "model"), recipe(other)) is None
+    assert "held-out demo report skipped" in caplog.text and "not a demo-corpus manifest" in caplog.text
 
 
 def test_cli_retrieve_on_real_covid_notes(random_tiny, shared_data, tmp_path, capsys):

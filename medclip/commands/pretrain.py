@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 
 
 def add_arguments(parser) -> None:
@@ -21,6 +20,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from pathlib import Path
 
+    from ..eval.heldout_demo import pretrain_report
     from ..train.config import load_recipe
     from ..train.loop import train
 
@@ -29,7 +29,9 @@ def run(args) -> int:
     result = train(recipe, output, resume=args.resume, max_steps=args.max_steps, max_minutes=args.max_minutes)
     if int(os.environ.get("RANK", "0")) == 0:
         print(summary(result, output))
-        heldout_zeroshot_hook(output, recipe)
+        heldout = pretrain_report(os.path.join(output, "model"), recipe)
+        if heldout:
+            print(heldout)
     return 0
 
 
@@ -51,21 +53,3 @@ def summary(result: dict, output: str) -> str:
                 lines.append(f"  R@{k}: image->text {i2t:.3f}, text->image {t2i:.3f} "
                              f"vs chance {chance:.3f} ({verdict})")
     return "\n".join(lines)
-
-
-def heldout_zeroshot_hook(output: str, recipe) -> None:
-    """After training: print held-out zero-shot AUROC with CI when the zero-shot module provides it.
-
-    Calls ``medclip.eval.zeroshot.pretrain_report(model_dir, recipe) -> str | None`` if that function
-    exists (owned by the zero-shot module); prints nothing otherwise.
-    """
-    try:
-        from ..eval import zeroshot
-    except ImportError:
-        return
-    report = getattr(zeroshot, "pretrain_report", None)
-    if report is None:
-        return
-    text = report(os.path.join(output, "model"), recipe)
-    if text:
-        print(text, file=sys.stdout)
