@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 
-from . import __version__
 from .errors import MedclipError
+from .version import __version__
 
 # name -> (module with add_arguments/run, one-line help). Keep sorted by workflow order.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -32,9 +33,54 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+VERBOSITY = {"--quiet": logging.WARNING, "--verbose": logging.DEBUG}
+
+
+class _StderrHandler(logging.StreamHandler):
+    """A handler that writes to whatever ``sys.stderr`` is at the time (pytest's capture, a redirect)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value):
+        pass
+
+
+class _Formatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        text = record.getMessage()
+        return text if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {text}"
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """Send ``medclip``/``medclip_adapters`` log records (and Python warnings) to stderr at ``level``.
+
+    Called once per CLI invocation (repeated calls replace the handler). Progress and facts about a run
+    are INFO; ``--quiet`` shows warnings and errors only, ``--verbose`` adds DEBUG.
+    """
+    logging.captureWarnings(True)
+    for name in ("medclip", "medclip_adapters", "py.warnings"):
+        log = logging.getLogger(name)
+        for handler in [h for h in log.handlers if isinstance(h, _StderrHandler)]:
+            log.removeHandler(handler)
+        handler = _StderrHandler()
+        handler.setFormatter(_Formatter())
+        log.addHandler(handler)
+        log.setLevel(level)
+
+
+def _add_verbosity(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--quiet", action="store_true", help="show warnings and errors only (no progress lines)")
+    group.add_argument("--verbose", action="store_true", help="also show debug messages")
+
+
 def _top_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medclip", description="CLIP for medical images and reports.")
     parser.add_argument("--version", action="version", version=f"medclip {__version__}")
+    _add_verbosity(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
@@ -51,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         The process exit status: 0 on success, 2 for user errors (one line on stderr).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
+    level = logging.INFO
+    while argv and argv[0] in VERBOSITY:  # medclip --quiet COMMAND ...
+        level = VERBOSITY[argv.pop(0)]
     if not argv or argv[0] not in COMMANDS:
         top = _top_parser()
         if not argv:
@@ -63,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(prog=f"medclip {name}", description=help_text)
     module.add_arguments(parser)
+    _add_verbosity(parser)
     args = parser.parse_args(argv[1:])
+    configure_logging(logging.WARNING if args.quiet else logging.DEBUG if args.verbose else level)
     try:
         return int(module.run(args) or 0)
     except (MedclipError, FileNotFoundError) as exc:

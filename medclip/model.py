@@ -84,7 +84,7 @@ class CLIP(nn.Module):
         """Write ``config.json`` (architecture, medclip version, ``extra``) and ``model.safetensors``."""
         from safetensors.torch import save_file
 
-        from . import __version__
+        from .version import __version__
 
         os.makedirs(folder, exist_ok=True)
         meta = {"model": to_dict(self.config), "medclip_version": __version__, **(extra or {})}

@@ -71,10 +71,10 @@ def demo_corpus(tmp_path_factory) -> Path:
 def demo_recipe_dict(manifest, **train) -> dict:
     """A tiny pretraining recipe on ``manifest`` (tiny-vit, batch 8, 1 thread); ``train`` overrides."""
     return {"model": "tiny-vit",
-            "data": {"manifest": str(manifest), "sections": None, "batch_size": 8, "augment": True,
+            "data": {"manifest": str(manifest), "sections": None, "eval_batch_size": 8, "augment": True,
                      "cache_dir": str(Path(manifest).parent / "cache")},
-            "train": {"epochs": 4, "lr": 2e-3, "warmup": 2, "log_every": 2, "eval_every": 2, "threads": 1,
-                      **train}}
+            "train": {"batch_size": 8, "epochs": 4, "lr": 2e-3, "warmup": 2, "log_every": 2, "eval_every": 2,
+                      "threads": 1, **train}}
 
 
 @pytest.fixture(scope="session")

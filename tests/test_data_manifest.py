@@ -68,7 +68,7 @@ def test_leak_groups_connect_patient_or_image():
 
 def test_covid_dataloader_yields_dict_batches(shared_data, tmp_path, caplog):
     cfg = from_dict(DataConfig, {"manifest": str(shared_data / "covid-cxr-notes" / "manifest.csv"),
-                                 "sections": None, "batch_size": 8, "cache_dir": str(tmp_path / "cache")})
+                                 "sections": None, "eval_batch_size": 8, "cache_dir": str(tmp_path / "cache")})
     model_config = medclip.get_model_config("tiny-vit")
     with caplog.at_level(logging.INFO, logger="medclip.data"):
         loaders = build_dataloaders(cfg, model_config, medclip.get_tokenizer(model_config), seed=0, out_dir=tmp_path)

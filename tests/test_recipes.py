@@ -40,7 +40,7 @@ def test_recipe_loads_and_builds(path, monkeypatch):
     with torch.no_grad():
         features = model.encode_image(image)
     assert features.shape == (2, recipe.model.embed_dim)
-    batch = cfg.batch_size or recipe.data.batch_size
+    batch = cfg.batch_size
     assert cfg.gradcache_chunk < batch, "a GradCache chunk must be smaller than the batch it splits"
     if cfg.device == "cuda":  # the full-size GPU recipes
         assert cfg.loss == "tiled" and cfg.gradcache_chunk and cfg.grad_checkpointing and cfg.precision == "auto"

@@ -23,10 +23,10 @@ def run(args) -> int:
 
     import torch
 
-    from .. import __version__
     from ..eval.retrieval import evaluate_retrieval
     from ..eval.zeroshot import json_safe
     from ..model import CLIP
+    from ..version import __version__
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = CLIP.from_pretrained(args.model).to(device)

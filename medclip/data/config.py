@@ -55,7 +55,8 @@ class DataConfig:
             None disables it.
         window_index: which DICOM window (center/width or VOI LUT) to apply when several are stored.
         frame: which frame of a multi-frame DICOM to use.
-        batch_size: batch size of the data loaders.
+        eval_batch_size: batch size of the data layer's loaders: validation and encoding (training batches
+            with ``train.batch_size``; the old ``data.batch_size`` key of recipes sets both).
         num_workers: DataLoader worker processes.
         demo: generate the synthetic demo corpus in the manifest's folder when the manifest is missing.
         quarantine_dir: where ``quarantine.csv`` is written (default: the manifest's folder, or the
@@ -74,7 +75,7 @@ class DataConfig:
     cache_dir: str | None = None
     window_index: int = 0
     frame: int = 0
-    batch_size: int = 32
+    eval_batch_size: int = 32
     num_workers: int = 0
     demo: bool = False
     quarantine_dir: str | None = None
@@ -85,9 +86,9 @@ class DataConfig:
     def __post_init__(self):
         if self.resize not in ("pad", "crop"):
             raise ConfigError(f"data.resize must be 'pad' or 'crop', got '{self.resize}'")
-        if self.batch_size < 1 or self.num_workers < 0:
-            raise ConfigError(f"data.batch_size must be >= 1 and data.num_workers >= 0, got "
-                              f"{self.batch_size} and {self.num_workers}")
+        if self.eval_batch_size < 1 or self.num_workers < 0:
+            raise ConfigError(f"data.eval_batch_size must be >= 1 and data.num_workers >= 0, got "
+                              f"{self.eval_batch_size} and {self.num_workers}")
         if not (0 <= self.val < 1 and 0 <= self.test < 1 and self.val + self.test < 1):
             raise ConfigError(f"data.val and data.test must be fractions summing below 1, got {self.val}, {self.test}")
         if self.window_index < 0 or self.frame < 0:

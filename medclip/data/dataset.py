@@ -143,8 +143,8 @@ def build_dataloaders(data_config: DataConfig, model_config, tokenizer, seed: in
         dataset = ImageReportDataset(rows, train_tf if train else eval_tf, tokenizer, labels)
         generator = torch.Generator().manual_seed(seed)
         loaders[split] = DataLoader(
-            dataset, batch_size=data_config.batch_size, shuffle=train, generator=generator,
-            drop_last=train and len(rows) >= data_config.batch_size, num_workers=data_config.num_workers,
+            dataset, batch_size=data_config.eval_batch_size, shuffle=train, generator=generator,
+            drop_last=train and len(rows) >= data_config.eval_batch_size, num_workers=data_config.num_workers,
             persistent_workers=data_config.num_workers > 0,
         )
     sizes = ", ".join(f"{k} {len(v.dataset)}" for k, v in loaders.items())

@@ -20,6 +20,21 @@ import torch
 from ..errors import DataError
 
 
+def chance_recall(texts: list[str], k: int) -> float:
+    """Expected Recall@K of a uniformly random ranking when identical texts all count as hits."""
+    normalised = [" ".join(str(t).split()) for t in texts]
+    counts: dict[str, int] = {}
+    for t in normalised:
+        counts[t] = counts.get(t, 0) + 1
+    n, total = len(texts), 0.0
+    for t in normalised:
+        miss = 1.0
+        for j in range(min(k, n)):  # P(first k drawn keys are all wrong)
+            miss *= max(0, n - counts[t] - j) / (n - j)
+        total += 1 - miss
+    return total / max(n, 1)
+
+
 def _text_groups(texts: Sequence[str] | None, n: int) -> torch.Tensor:
     """Integer id per row; rows with identical (whitespace-normalised) text share an id."""
     if texts is None:
@@ -165,8 +180,6 @@ def evaluate_retrieval(model, manifest: str, split: str | None = None,
     texts = good["text"].tolist()
     text_features = encode_texts(model, get_tokenizer(model.config), texts, batch_size=128)
     metrics = embedding_metrics(features, text_features, texts, ks)
-    from ..train.validate import chance_recall  # a random ranking with the same duplicate reports
-
     metrics.update({f"chance_R@{k}": chance_recall(texts, k) for k in ks})
     quarantine = pd.concat([quarantine, unreadable], ignore_index=True)
     metrics.update({"n_quarantined": int(len(quarantine)), "split": split or "all", "sections": list(sections or [])})

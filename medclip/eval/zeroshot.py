@@ -289,7 +289,7 @@ def confident_examples(result: ZeroShotResult, class_name: str, k: int = 4) -> p
 
 
 def _write_outputs(result: ZeroShotResult, output: str, figures: bool, seed: int) -> None:
-    from .. import __version__
+    from ..version import __version__
 
     os.makedirs(output, exist_ok=True)
     result.metrics["medclip_version"] = __version__

@@ -5,14 +5,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
-import warnings
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from ..errors import ConfigError, DataError
-from .distributed import DistInfo, SeededSamples, ShardedBatchSampler
+from .distributed import DistInfo, SeededSamples, ShardedBatchSampler, mixed_seed
 
 logger = logging.getLogger("medclip.train")
 
@@ -40,7 +39,7 @@ def resolve_precision(requested: str, device: torch.device, allow_slow_bf16: boo
         if not allow_slow_bf16:
             raise ConfigError("this CPU has no native bf16 (AVX512-BF16/AMX): bf16 would be hundreds of times "
                               "slower than fp32. Use train.precision=fp32, or set train.allow_slow_bf16=true")
-        warnings.warn("bf16 on a CPU without native bf16 support: expect a very slow run", stacklevel=2)
+        logger.warning("bf16 on a CPU without native bf16 support: expect a very slow run")
     return "fp32" if requested == "auto" else requested
 
 
@@ -91,7 +90,8 @@ def build_data(recipe, model_config, info: DistInfo, run_dir) -> tuple:
     """Data loaders of the data layer, plus the resumable sharded batch sampler for training.
 
     Returns:
-        ``(train_dataset, sampler, val_loader_or_None, batch_size)``.
+        ``(train_dataset, sampler, val_loader_or_None)``; the sampler yields ``train.batch_size`` rows per
+        process, the validation loader ``data.eval_batch_size``.
 
     Raises:
         DataError: when the training split is smaller than one global batch.
@@ -105,19 +105,19 @@ def build_data(recipe, model_config, info: DistInfo, run_dir) -> tuple:
     if "train" not in loaders:
         raise DataError(f"{recipe.data.manifest}: no training rows (check the split column)")
     dataset = loaders["train"].dataset
-    batch_size = cfg.batch_size or recipe.data.batch_size
+    batch_size = cfg.batch_size
     if len(dataset) < batch_size * info.world_size:
         raise DataError(f"{recipe.data.manifest}: {len(dataset)} training rows, fewer than one global batch "
                         f"({batch_size} x {info.world_size} processes); lower train.batch_size")
     sampler = ShardedBatchSampler(len(dataset), batch_size, cfg.seed, info.rank, info.world_size)
-    return dataset, sampler, loaders.get("val", loaders.get("test")), batch_size
+    return dataset, sampler, loaders.get("val", loaders.get("test"))
 
 
 def train_loader(dataset, sampler: ShardedBatchSampler, recipe, epoch: int, start: int, device) -> DataLoader:
     """A loader for one epoch from micro-batch ``start``; each sample's augmentation is seeded by (seed, epoch,
     index), so workers, ranks and a mid-epoch resume all see the same draws."""
     sampler.set_epoch(epoch, start)
-    generator = torch.Generator().manual_seed(recipe.train.seed * 7919 + epoch)
+    generator = torch.Generator().manual_seed(mixed_seed(recipe.train.seed, epoch))  # worker base seeds
     samples = SeededSamples(dataset, recipe.train.seed, epoch)
     return DataLoader(samples, batch_sampler=sampler, num_workers=recipe.data.num_workers, generator=generator,
                       pin_memory=device.type == "cuda")

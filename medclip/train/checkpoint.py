@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError
+from ..version import __version__
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -69,8 +70,6 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model, optimizer, sch
         The checkpoint folder.
     """
     from safetensors.torch import save_file
-
-    from .. import __version__
 
     root = Path(run_dir) / "checkpoints"
     final, tmp = root / f"step-{step:06d}", root / f"step-{step:06d}.tmp"

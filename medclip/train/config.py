@@ -4,8 +4,8 @@ A recipe is a YAML file with three sections, loaded strictly (an unknown key is 
 
     model: tiny-vit                  # a registered architecture, or {name: ViT-B-16, vision: {in_chans: 1}},
                                      # or a full nested model config (embed_dim, vision, text, ...)
-    data: {manifest: demo_data/manifest.csv, demo: true, batch_size: 32}     # medclip.data.DataConfig
-    train: {epochs: 10, lr: 5e-4, loss: tiled}                               # TrainConfig below
+    data: {manifest: demo_data/manifest.csv, demo: true, eval_batch_size: 64}  # medclip.data.DataConfig
+    train: {epochs: 10, lr: 5e-4, loss: tiled, batch_size: 32}                 # TrainConfig below
 
 Relative paths in a recipe (``data.manifest``, ``data.cache_dir``, ...) are relative to the **current
 directory** — run ``medclip pretrain`` from the repository root, as the shipped recipes assume.
@@ -13,12 +13,14 @@ directory** — run ``medclip pretrain`` from the repository root, as the shippe
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 from ..config import ModelConfig, apply_overrides, from_dict, load_yaml, to_dict
 from ..errors import ConfigError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+logger = logging.getLogger("medclip.train")
 
 
 @dataclass
@@ -29,8 +31,8 @@ class TrainConfig:
         seed: seed of model init, shuffling, augmentation and dropout.
         epochs: passes over the training split.
         max_steps: stop after this many optimizer steps (overrides ``epochs`` when smaller).
-        batch_size: per-process batch; None uses ``data.batch_size``. The global batch (the negatives of
-            the loss) is ``batch_size × processes``.
+        batch_size: per-process training batch. The global batch (the negatives of the loss) is
+            ``batch_size × processes``. Validation and encoding use ``data.eval_batch_size``.
         accumulation: micro-batches summed into one optimizer step (plain accumulation: each micro-batch
             has its own negatives; use ``gradcache_chunk`` for one big contrastive batch).
         gradcache_chunk: when > 0, embed the batch in chunks of this size without a graph, take the loss
@@ -65,7 +67,7 @@ class TrainConfig:
     seed: int = 0
     epochs: int = 1
     max_steps: int | None = None
-    batch_size: int | None = None
+    batch_size: int = 32
     accumulation: int = 1
     gradcache_chunk: int = 0
     lr: float = 5e-4
@@ -104,7 +106,7 @@ class TrainConfig:
             raise ConfigError(f"train.loss must be 'dense' or 'tiled'; got '{self.loss}'")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"train.device must be auto, cpu or cuda; got '{self.device}'")
-        for name in ("epochs", "accumulation", "keep_last_k", "log_every"):
+        for name in ("epochs", "batch_size", "accumulation", "keep_last_k", "log_every"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be an integer >= 1, got {getattr(self, name)!r}")
         for name in ("gradcache_chunk", "warmup", "eval_every", "checkpoint_every"):
@@ -158,8 +160,24 @@ def recipe_from_dict(data: dict, where: str = "recipe") -> Recipe:
     if "model" not in data:
         raise ConfigError(f"{where}: missing 'model' section (e.g. model: tiny-vit)")
     model = build_model_config(data["model"])
-    return Recipe(model=model, data=from_dict(DataConfig, data.get("data"), "data"),
-                  train=from_dict(TrainConfig, data.get("train"), "train"), raw=data)
+    data_section, train_section = _split_batch_size(data.get("data"), data.get("train"), where)
+    return Recipe(model=model, data=from_dict(DataConfig, data_section, "data"),
+                  train=from_dict(TrainConfig, train_section, "train"), raw=data)
+
+
+def _split_batch_size(data: dict | None, train: dict | None, where: str) -> tuple[dict | None, dict | None]:
+    """The deprecated ``data.batch_size`` → ``train.batch_size`` (training) and ``data.eval_batch_size``."""
+    if not isinstance(data, dict) or "batch_size" not in data:
+        return data, train
+    data, value = dict(data), data["batch_size"]
+    del data["batch_size"]
+    train = dict(train) if isinstance(train, dict) else {}
+    logger.warning("%s: data.batch_size is deprecated; it now sets train.batch_size (training) and "
+                   "data.eval_batch_size (validation/encoding) where those are not given: write those two keys",
+                   where)
+    data.setdefault("eval_batch_size", value)
+    train.setdefault("batch_size", value)
+    return data, train
 
 
 def load_recipe(path, overrides: list[str] | None = None) -> Recipe:

@@ -16,6 +16,11 @@ import torch
 import torch.distributed as dist
 
 
+def mixed_seed(*keys: int) -> int:
+    """A 64-bit seed from integer keys through NumPy's ``SeedSequence`` (distinct keys, independent streams)."""
+    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, np.uint64)[0])
+
+
 @dataclass
 class DistInfo:
     """Where this process stands: ``rank`` of ``world_size``, and its device."""
@@ -97,7 +102,7 @@ class ShardedBatchSampler(torch.utils.data.Sampler):
 
     def __iter__(self):
         if self.shuffle:
-            perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + 1000 * self.epoch))
+            perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(mixed_seed(self.seed, self.epoch)))
         else:
             perm = torch.arange(self.n)
         global_batch = self.batch_size * self.world_size
@@ -122,7 +127,6 @@ class SeededSamples(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int):
-        sample_seed = int(np.random.SeedSequence([self.seed, self.epoch, int(index)]).generate_state(1, np.uint64)[0])
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed)
+            torch.manual_seed(mixed_seed(self.seed, self.epoch, int(index)))
             return self.dataset[index]

@@ -8,6 +8,7 @@ Rank 0 logs, validates and checkpoints; every process sees the same global loss.
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 import time
@@ -19,15 +20,17 @@ import yaml
 
 from ..errors import MedclipError
 from ..loss import LOSSES, gather_features
+from ..version import __version__
 from .build import autocast_context, build_data, build_model, resolve_precision, seed_everything, set_train_mode
 from .build import train_loader as make_loader
 from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, save_model_atomic
-from .distributed import barrier, cleanup_distributed, init_distributed, no_sync
+from .distributed import DistInfo, barrier, cleanup_distributed, init_distributed, no_sync
 from .gradcache import gradcache_backward
 from .logging import MetricsLogger, plot_loss_curve
 from .optim import build_optimizer, build_scheduler
 from .validate import validate
 
+logger = logging.getLogger("medclip.train")
 
 class TrainingDiverged(MedclipError):
     """The loss became NaN or infinite."""
@@ -65,6 +68,112 @@ def optimizer_step(model, optimizer, scheduler, scaler, clip_grad: float) -> Non
     scheduler.step()
 
 
+class Run:
+    """One pretraining run: its parts (model, optimizer, schedule, data, logs) and the state that moves.
+
+    Built once per invocation (resuming from the newest checkpoint when asked); :func:`train` drives it
+    with :meth:`train_step`, :meth:`validate`, :meth:`checkpoint` and :meth:`finish`. The global step is
+    the scheduler's counter, so a checkpoint's step and its schedule can never disagree.
+    """
+
+    def __init__(self, recipe, run_dir: Path, info: DistInfo, resume: bool = False):
+        cfg = self.cfg = recipe.train
+        self.recipe, self.run_dir, self.info, self.device = recipe, run_dir, info, info.device
+        self.precision = resolve_precision(cfg.precision, info.device, cfg.allow_slow_bf16)
+        self.model, self.core = build_model(recipe, info)
+        if info.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            _write_run_files(run_dir, recipe, self.precision, info.world_size)
+        barrier()
+        self.dataset, self.sampler, self.val_loader = build_data(recipe, self.core.config, info, run_dir)
+        self.images_per_step = cfg.batch_size * info.world_size * cfg.accumulation
+        self.total = min(max(1, len(self.sampler) // cfg.accumulation) * cfg.epochs, cfg.max_steps or sys.maxsize)
+        self.optimizer = build_optimizer(self.core, cfg)
+        self.scheduler = build_scheduler(self.optimizer, cfg.warmup, self.total)
+        self.scaler = torch.amp.GradScaler(info.device.type, enabled=self.precision == "fp16")
+        seed_everything(cfg.seed + info.rank)  # augmentation/dropout stream (model init used cfg.seed)
+        # the state a checkpoint carries besides the tensors (names are the keys of state.json)
+        self.epoch, self.position, self.best_val_loss, self.first_loss = 0, 0, None, None
+        self.last_loss, self.metrics = None, {}
+        if resume:
+            self._resume()
+        self.logger = MetricsLogger(run_dir, enabled=info.is_main)
+        self.logger.truncate_after(self.step)
+
+    @property
+    def step(self) -> int:
+        """Optimizer steps done (the scheduler's counter)."""
+        return self.scheduler.last_epoch
+
+    def _resume(self) -> None:
+        ckpts = list_checkpoints(self.run_dir)
+        if not ckpts:
+            logger.info("no checkpoint in %s; starting from scratch", self.run_dir / "checkpoints")
+            return
+        meta = load_checkpoint(ckpts[-1], self.core, self.optimizer, self.scheduler, self.scaler)
+        for key in ("epoch", "position", "best_val_loss", "first_loss"):
+            setattr(self, key, meta.get(key, getattr(self, key)))
+        logger.info("resumed from %s (step %d)", ckpts[-1], self.step)
+
+    def train_step(self, micro: list[dict]) -> float:
+        """One optimizer step over ``accumulation`` micro-batches; raises before applying a NaN/inf loss."""
+        cfg = self.cfg
+        losses = [forward_backward(self.model, b, cfg, self.device, self.precision, self.scaler, cfg.accumulation,
+                                   sync=i == len(micro) - 1) for i, b in enumerate(micro)]
+        loss = sum(losses) / len(losses)
+        _stop_if_diverged(loss, self.step, self.run_dir)
+        optimizer_step(self.model, self.optimizer, self.scheduler, self.scaler, cfg.clip_grad)
+        self.last_loss = loss
+        self.first_loss = loss if self.first_loss is None else self.first_loss
+        return loss
+
+    def validate(self) -> None:
+        """Validation metrics on rank 0 (logged), ``best/`` when the validation loss improves."""
+        if self.info.is_main and self.val_loader is not None:
+            autocast = partial(autocast_context, self.device, self.precision)
+            self.metrics = validate(self.core, self.val_loader, self.device, autocast, LOSSES[self.cfg.loss],
+                                    self.cfg.batch_size)
+            self.logger.log({"step": self.step, "epoch": self.epoch, **self.metrics})
+            if self.best_val_loss is None or self.metrics["val_loss"] < self.best_val_loss:
+                self.best_val_loss = self.metrics["val_loss"]
+                save_model_atomic(self.core, self.run_dir / "best", extra=self._model_extra())
+            set_train_mode(self.core, self.cfg)
+        barrier()
+
+    def checkpoint(self) -> None:
+        """A resumable checkpoint of the current step (written by rank 0; all ranks wait for it)."""
+        if self.info.is_main:
+            state = {"epoch": self.epoch, "position": self.position, "best_val_loss": self.best_val_loss,
+                     "first_loss": self.first_loss, "recipe": self.recipe.to_dict(), "metrics": self.metrics}
+            save_checkpoint(self.run_dir, self.step, self.core, self.optimizer, self.scheduler, self.scaler, state,
+                            self.cfg.keep_last_k)
+        barrier()
+
+    def log(self, bar, stop_at: int, seconds_per_step: float) -> None:
+        """One metrics row (loss, lr, logit scale); a progress line on stderr when it is not a terminal."""
+        row = {"step": self.step, "epoch": self.epoch, "loss": self.last_loss,
+               "lr": self.optimizer.param_groups[0]["lr"], "logit_scale": float(self.core.get_logit_scale().detach())}
+        self.logger.log(row)
+        bar.set_postfix(loss=f"{self.last_loss:.3f}", step=f"{self.step}/{stop_at}")
+        if self.info.is_main and not sys.stderr.isatty():
+            eta = _duration(seconds_per_step * (stop_at - self.step))
+            logger.info("step %d/%d loss %.4f lr %.2e %.2f s/step ETA %s", self.step, stop_at, self.last_loss,
+                        row["lr"], seconds_per_step, eta)
+
+    def finish(self) -> dict:
+        """Final validation, ``model/``, closed logs and the loss curve; the run's result."""
+        self.validate()
+        if self.info.is_main:
+            save_model_atomic(self.core, self.run_dir / "model", extra=self._model_extra())
+            self.logger.close()
+            plot_loss_curve(self.logger.path, self.run_dir / "loss_curve.png")
+        barrier()
+        return {"step": self.step, "first_loss": self.first_loss, "last_loss": self.last_loss, **self.metrics}
+
+    def _model_extra(self) -> dict:
+        return {"recipe": self.recipe.to_dict(), "step": self.step}
+
+
 def train(recipe, output: str, resume: bool = False, max_steps: int | None = None,
           max_minutes: float | None = None) -> dict:
     """Pretrain ``recipe`` into ``output`` (checkpoints, logs, final ``output/model``); return final metrics.
@@ -80,111 +189,56 @@ def train(recipe, output: str, resume: bool = False, max_steps: int | None = Non
     Raises:
         TrainingDiverged: on a NaN/inf loss (the step is not applied; earlier checkpoints are kept).
     """
-    cfg, run_dir = recipe.train, Path(output)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    info = init_distributed(cfg.device)
+    if recipe.train.threads:
+        torch.set_num_threads(recipe.train.threads)
+    info = init_distributed(recipe.train.device)
     try:
-        precision = resolve_precision(cfg.precision, info.device, cfg.allow_slow_bf16)
-        model, core = build_model(recipe, info)
-        if info.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            _write_run_files(run_dir, recipe, precision, info.world_size)
-        barrier()
-        dataset, sampler, val_loader, batch_size = build_data(recipe, core.config, info, run_dir)
-        steps_per_epoch = max(1, len(sampler) // cfg.accumulation)
-        total = min(steps_per_epoch * cfg.epochs, cfg.max_steps or sys.maxsize)
-        optimizer = build_optimizer(core, cfg)
-        scheduler = build_scheduler(optimizer, cfg.warmup, total)
-        scaler = torch.amp.GradScaler(info.device.type, enabled=precision == "fp16")
-        seed_everything(cfg.seed + info.rank)  # augmentation/dropout stream (model init used cfg.seed)
-        state = {"epoch": 0, "position": 0, "best_val_loss": None, "first_loss": None}
-        ckpts = list_checkpoints(run_dir) if resume else []
-        if ckpts:
-            state.update({k: v for k, v in load_checkpoint(ckpts[-1], core, optimizer, scheduler, scaler).items()
-                          if k in state})
-            print(f"resumed from {ckpts[-1]} (step {scheduler.last_epoch})", file=sys.stderr)
-        elif resume:
-            print(f"no checkpoint in {run_dir / 'checkpoints'}; starting from scratch", file=sys.stderr)
-        logger = MetricsLogger(run_dir, enabled=info.is_main)
-        logger.truncate_after(scheduler.last_epoch)
-        return _run(model, core, optimizer, scheduler, scaler, recipe, info, precision, dataset, sampler,
-                    val_loader, batch_size, total, state, logger, run_dir, max_steps,
-                    cfg.max_minutes if max_minutes is None else max_minutes)  # the flag overrides the recipe
+        run = Run(recipe, Path(output), info, resume)
+        minutes = recipe.train.max_minutes if max_minutes is None else max_minutes  # the flag overrides the recipe
+        _fit(run, min(run.total, max_steps or run.total), minutes)
+        return run.finish()
     finally:
         cleanup_distributed()
 
 
-def _run(model, core, optimizer, scheduler, scaler, recipe, info, precision, dataset, sampler, val_loader,
-         batch_size, total, state, logger, run_dir, max_steps, max_minutes) -> dict:
+def _fit(run: Run, stop_at: int, max_minutes: float | None) -> None:
+    """The loop: epochs of micro-batches → optimizer steps, with logging, budgets, validation, checkpoints."""
     from tqdm.auto import tqdm
 
-    cfg, device = recipe.train, info.device
-    step, stop_at = scheduler.last_epoch, min(total, max_steps or total)
-    started, metrics, last_loss = time.monotonic(), {}, None
-    bar = tqdm(total=stop_at, initial=step, disable=not (info.is_main and sys.stderr.isatty()), unit="step")
-
-    def checkpoint():
-        if info.is_main:
-            extra = {**state, "recipe": recipe.to_dict(), "metrics": metrics}
-            save_checkpoint(run_dir, step, core, optimizer, scheduler, scaler, extra, cfg.keep_last_k)
-        barrier()
-
-    def run_validation():
-        nonlocal metrics
-        if info.is_main and val_loader is not None:
-            metrics = validate(core, val_loader, device, partial(autocast_context, device, precision),
-                               LOSSES[cfg.loss], batch_size)
-            logger.log({"step": step, "epoch": state["epoch"], **metrics})
-            if state["best_val_loss"] is None or metrics["val_loss"] < state["best_val_loss"]:
-                state["best_val_loss"] = metrics["val_loss"]
-                save_model_atomic(core, run_dir / "best", extra={"recipe": recipe.to_dict(), "step": step})
-            set_train_mode(core, cfg)
-        barrier()
-
-    stopped = step >= stop_at
-    while not stopped and state["epoch"] < cfg.epochs:
+    cfg, started, first_step = run.cfg, time.monotonic(), run.step
+    bar = tqdm(total=stop_at * run.images_per_step, initial=run.step * run.images_per_step, unit="img",
+               disable=not (run.info.is_main and sys.stderr.isatty()))
+    stopped = run.step >= stop_at
+    while not stopped and run.epoch < cfg.epochs:
         micro = []
-        for batch in make_loader(dataset, sampler, recipe, state["epoch"], state["position"], device):
+        for batch in make_loader(run.dataset, run.sampler, run.recipe, run.epoch, run.position, run.device):
             micro.append(batch)
-            state["position"] += 1
+            run.position += 1
             if len(micro) < cfg.accumulation:
                 continue
-            losses = [forward_backward(model, b, cfg, device, precision, scaler, cfg.accumulation,
-                                       sync=i == len(micro) - 1) for i, b in enumerate(micro)]
-            micro, last_loss = [], sum(losses) / len(losses)
-            _stop_if_diverged(last_loss, step, run_dir)
-            optimizer_step(model, optimizer, scheduler, scaler, cfg.clip_grad)
-            step += 1
-            state["first_loss"] = state["first_loss"] if state["first_loss"] is not None else last_loss
-            if step % cfg.log_every == 0 or step == stop_at:
-                _log_step(logger, bar, info.is_main, core, optimizer, state["epoch"], step, stop_at, last_loss)
-            bar.update(1)
-            out_of_time = max_minutes is not None and time.monotonic() - started > 60 * max_minutes
-            stopped = step >= stop_at or _any_rank(out_of_time, device)
-            if stopped or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
-                checkpoint()
+            run.train_step(micro)
+            micro, elapsed = [], time.monotonic() - started
+            if run.step % cfg.log_every == 0 or run.step == stop_at:
+                run.log(bar, stop_at, elapsed / (run.step - first_step))
+            bar.update(run.images_per_step)
+            out_of_time = max_minutes is not None and elapsed > 60 * max_minutes
+            stopped = run.step >= stop_at or _any_rank(out_of_time, run.device)
+            if stopped or (cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0):
+                run.checkpoint()
             if stopped:
                 break
         if not stopped:  # epoch finished
-            state["epoch"], state["position"] = state["epoch"] + 1, 0
-            if cfg.eval_every and state["epoch"] % cfg.eval_every == 0 and state["epoch"] < cfg.epochs:
-                run_validation()
-            checkpoint()
-            stopped = step >= stop_at
+            run.epoch, run.position = run.epoch + 1, 0
+            if cfg.eval_every and run.epoch % cfg.eval_every == 0 and run.epoch < cfg.epochs:
+                run.validate()
+            run.checkpoint()
+            stopped = run.step >= stop_at
     bar.close()
-    run_validation()
-    if info.is_main:
-        _save_final(core, recipe, step, logger, run_dir)
-    barrier()
-    return {"step": step, "first_loss": state["first_loss"], "last_loss": last_loss, **metrics}
 
 
-def _save_final(core, recipe, step: int, logger, run_dir: Path) -> None:
-    """The final ``model/`` folder (with its recipe), closed logs and the loss curve."""
-    save_model_atomic(core, run_dir / "model", extra={"recipe": recipe.to_dict(), "step": step})
-    logger.close()
-    plot_loss_curve(logger.path, run_dir / "loss_curve.png")
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 def _stop_if_diverged(loss: float, step: int, run_dir: Path) -> None:
@@ -194,16 +248,6 @@ def _stop_if_diverged(loss: float, step: int, run_dir: Path) -> None:
         raise TrainingDiverged(f"loss is {loss} at step {step + 1}; stopped without applying it. "
                                f"Last good checkpoint: {good[-1] if good else 'none'} (lower train.lr, "
                                f"use train.precision=fp32, then --resume)")
-
-
-def _log_step(logger, bar, is_main: bool, core, optimizer, epoch: int, step: int, stop_at: int, loss: float) -> None:
-    """One metrics row (loss, lr, logit scale) to the logger, the progress bar, and stderr when not a TTY."""
-    row = {"step": step, "epoch": epoch, "loss": loss, "lr": optimizer.param_groups[0]["lr"],
-           "logit_scale": float(core.get_logit_scale().detach())}
-    logger.log(row)
-    bar.set_postfix(loss=f"{loss:.3f}")
-    if is_main and not sys.stderr.isatty():
-        print(f"step {step}/{stop_at} loss {loss:.4f} lr {row['lr']:.2e}", file=sys.stderr)
 
 
 def _any_rank(flag: bool, device) -> bool:
@@ -219,8 +263,6 @@ def _any_rank(flag: bool, device) -> bool:
 
 def _write_run_files(run_dir: Path, recipe, precision: str, world_size: int) -> None:
     """The resolved recipe (re-runnable) and run facts, next to the outputs."""
-    from .. import __version__
-
     with open(run_dir / "recipe.yaml", "w", encoding="utf-8") as f:
         f.write(f"# resolved recipe, medclip {__version__}, precision {precision}, {world_size} process(es)\n")
         yaml.safe_dump(recipe.to_dict(), f, sort_keys=False)

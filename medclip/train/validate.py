@@ -1,29 +1,14 @@
 """Validation: contrastive loss, image↔text retrieval, alignment/uniformity and the learned temperature.
 
 Retrieval and geometry come from :mod:`medclip.eval.retrieval` (a hit is the paired report or any
-report with identical text). ``chance_R@K`` is what a random ranking scores with the same duplicates.
+report with identical text), as is ``chance_R@K``: what a random ranking scores with the same duplicates.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..eval.retrieval import embedding_metrics
-
-
-def chance_recall(texts: list[str], k: int) -> float:
-    """Expected Recall@K of a uniformly random ranking when identical texts all count as hits."""
-    normalised = [" ".join(str(t).split()) for t in texts]
-    counts: dict[str, int] = {}
-    for t in normalised:
-        counts[t] = counts.get(t, 0) + 1
-    n, total = len(texts), 0.0
-    for t in normalised:
-        miss = 1.0
-        for j in range(min(k, n)):  # P(first k drawn keys are all wrong)
-            miss *= max(0, n - counts[t] - j) / (n - j)
-        total += 1 - miss
-    return total / max(n, 1)
+from ..eval.retrieval import chance_recall, embedding_metrics
 
 
 @torch.no_grad()
