@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import FewShotMethod, register_method
-from .coop import SGD_DEFAULTS, epochs_for_shots, shots_in, train_epochs
+from .coop import SGD_DEFAULTS, epochs_for_shots, train_epochs
 
 
 class Adapter(nn.Module):
@@ -48,7 +48,7 @@ class ClipAdapter(FewShotMethod):
         self.text = self.text_features().float().cpu()
         self.adapter = self.build_adapter(features.shape[1])
         self.adapter.train()
-        epochs = self.hparams["epochs"] or epochs_for_shots(shots_in(self.task, y))
+        epochs = self.hparams["epochs"] or epochs_for_shots(self.task.shots(y.numpy()))
         scale = self.logit_scale()
 
         def step(idx: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,7 @@
 A prompt is ``[SOS] ctx_1 ... ctx_M <class name> . [EOS]`` in token-embedding space. The M context
 vectors are the only parameters; they pass through the frozen text tower via
 ``model.encode_text_embeds(embeds, attention_mask)`` (positional embeddings are added inside). Image
-features come from the :class:`~adapters.base.FeatureCache`, so an epoch runs the text tower once per
+features come from the :class:`~adapters.cache.FeatureCache`, so an epoch runs the text tower once per
 batch and never the image tower.
 
 Defaults follow CoOp: 16 context vectors drawn from N(0, 0.02²) (or ``ctx_init`` such as
@@ -32,14 +32,6 @@ def epochs_for_shots(shots: int) -> int:
     """CoOp's epochs for ``shots`` (the schedule of the nearest smaller shot count; 200 above 16)."""
     known = [s for s in sorted(COOP_EPOCHS) if s <= max(shots, 1)]
     return COOP_EPOCHS[known[-1]]
-
-
-def shots_in(task, y) -> int:
-    """Shots per class in a training set: the smallest class count (positives per condition if multi)."""
-    y = torch.as_tensor(y)
-    if task.kind == "single":
-        return int(min((y == c).sum() for c in range(len(task.classes))))
-    return int(torch.nan_to_num(y, nan=0.0).sum(0).min())
 
 
 def token_mask(tokenizer, ids: torch.Tensor) -> torch.Tensor:
@@ -177,7 +169,7 @@ class CoOp(FewShotMethod):
     def train_prompts(self, batch_features: Callable[[torch.Tensor], torch.Tensor], y: torch.Tensor) -> None:
         """Optimise the context; ``batch_features(indices)`` gives the (cached or re-encoded) image features."""
         self.learner = self.build_learner()
-        epochs = self.hparams["epochs"] or epochs_for_shots(shots_in(self.task, y))
+        epochs = self.hparams["epochs"] or epochs_for_shots(self.task.shots(y.numpy()))
         scale = self.model.get_logit_scale().detach()
 
         def step(idx: torch.Tensor) -> torch.Tensor:

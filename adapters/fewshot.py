@@ -19,28 +19,15 @@ import numpy as np
 import pandas as pd
 
 from medclip.errors import DataError, MissingFileError
+from medclip.eval.task import Task
 
-from .base import FeatureCache, FewShotTask, create_method
+from .base import create_method
+from .cache import FeatureCache
 
 SPLITS = ("train", "val", "test")
 
 
-def task_from_class_file(cf) -> FewShotTask:
-    """A :class:`FewShotTask` from a zero-shot class file (:func:`medclip.eval.prompts.load_class_file`)."""
-    from medclip.eval.prompts import negative_texts, positive_texts
-
-    names = list(cf.names)
-    prompts = [positive_texts(cf, n) for n in names]
-    if cf.task == "single":
-        return FewShotTask(classes=names, kind="single", names=names, prompts=prompts)
-    negatives = []
-    for i, name in enumerate(names):  # a no_finding condition is contrasted with every other finding
-        negatives.append(negative_texts(cf, name) or [t for j, p in enumerate(prompts) if j != i for t in p])
-    neg_names = [cf.negative_templates[0].format(n) for n in names]
-    return FewShotTask(classes=names, kind="multi", names=names + neg_names, prompts=prompts + negatives)
-
-
-def load_table(manifest: str, classes: str) -> tuple[FewShotTask, pd.DataFrame]:
+def load_table(manifest: str, classes: str) -> tuple[Task, pd.DataFrame]:
     """Task and labelled image table from a manifest CSV (or class-per-folder tree) and a class file.
 
     Unlabelled rows (single-label class -1, multi-label all unknown) are dropped: few-shot needs labels.
@@ -50,10 +37,8 @@ def load_table(manifest: str, classes: str) -> tuple[FewShotTask, pd.DataFrame]:
 
     cf = load_class_file(classes)
     table = read_labelled_images(manifest, cf)
-    task = task_from_class_file(cf)
-    y = task.labels(table)
-    labelled = y >= 0 if task.kind == "single" else ~np.isnan(y).all(1)
-    table = table[labelled].reset_index(drop=True)
+    task = Task.from_class_file(cf)
+    table = table[task.labelled(task.labels(table))].reset_index(drop=True)
     if table["patient_id"].astype(str).str.len().eq(0).any():  # no patient key: one patient per image
         table["patient_id"] = np.where(table["patient_id"].astype(str) == "", table["image"], table["patient_id"])
     return task, table
@@ -74,7 +59,7 @@ def _draw(rng, table, eligible: np.ndarray, shots: int, used: set, what: str) ->
                     f"(use fewer shots or a larger manifest)")
 
 
-def sample_split(table: pd.DataFrame, task: FewShotTask, shots: int, seed: int,
+def sample_split(table: pd.DataFrame, task: Task, shots: int, seed: int,
                  val_shots: int | None = None) -> pd.DataFrame:
     """Assign ``train``/``val``/``test`` per row (column ``fewshot_split``), patient-level.
 
@@ -90,12 +75,7 @@ def sample_split(table: pd.DataFrame, task: FewShotTask, shots: int, seed: int,
     """
     rng = np.random.default_rng(seed)
     val_shots = min(shots, 4) if val_shots is None else val_shots
-    y = task.labels(table)
-    if task.kind == "single":
-        groups = [(y == c, name) for c, name in enumerate(task.classes)]
-    else:
-        groups = [(y[:, c] == v, f"{'positive' if v else 'negative'} '{name}'")
-                  for c, name in enumerate(task.classes) for v in (1, 0)]
+    groups = task.shot_groups(task.labels(table))
     used: set = set()
     split = np.full(len(table), "test", dtype=object)
     for name, count in (("train", shots), ("val", val_shots)):
@@ -129,7 +109,7 @@ def apply_split_csv(table: pd.DataFrame, path: str) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def evaluate_probs(task: FewShotTask, frame: pd.DataFrame, probs: np.ndarray, n_bootstrap: int,
+def evaluate_probs(task: Task, frame: pd.DataFrame, probs: np.ndarray, n_bootstrap: int,
                    seed: int) -> dict:
     """AUROC / accuracy with patient-level bootstrap CIs (:mod:`medclip.eval.metrics`) plus ECE."""
     from medclip.eval.calibration import expected_calibration_error
@@ -160,7 +140,7 @@ def _split_parts(model, table, cache, max_test, seed):
     return parts, n_test_all, quarantined, bad
 
 
-def run_fewshot(method: str, model, task: FewShotTask, table: pd.DataFrame, shots: int, seed: int,
+def run_fewshot(method: str, model, task: Task, table: pd.DataFrame, shots: int, seed: int,
                 output: str | None = None, cache: FeatureCache | None = None, hparams: dict | None = None,
                 split_csv: str | None = None, max_test: int | None = None, n_bootstrap: int = 1000,
                 progress: bool = False) -> dict:
@@ -259,7 +239,7 @@ def plot_curve(summary: pd.DataFrame, path: str, metric: str = "auroc") -> None:
     plt.close(fig)
 
 
-def run_grid(methods: list[str], model, task: FewShotTask, table: pd.DataFrame, shots_list: list[int],
+def run_grid(methods: list[str], model, task: Task, table: pd.DataFrame, shots_list: list[int],
              seeds: list[int], output: str, cache: FeatureCache | None = None, hparams: dict | None = None,
              max_test: int | None = None, n_bootstrap: int = 200, progress: bool = True) -> pd.DataFrame:
     """Every method × shots × seed (each on its own drawn split) plus zero-shot on the same test sets.

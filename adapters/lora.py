@@ -23,9 +23,9 @@ import copy
 import torch
 
 from medclip.errors import ConfigError
+from medclip.eval.prompts import encode_prompt_sets
 
-from .base import FewShotMethod, encode_prompt_sets, register_method
-from .coop import shots_in
+from .base import FewShotMethod, register_method
 
 TEXT_TARGETS = {"clip": r"text\.blocks\.\d+\.attn\.(q_proj|k_proj|v_proj)", "hf": r"text\..*\.(query|key|value)"}
 VISION_TARGETS = {"vit": r"visual\.trunk\.blocks\.\d+\.attn\.qkv"}
@@ -97,7 +97,7 @@ class Lora(FewShotMethod):
         self.peft = self._attach()
         y = torch.as_tensor(self.task.labels(train))
         images = self._images(train) if self.adapts_vision else self.image_features(train)
-        total = hp["iters_per_shot"] * max(shots_in(self.task, y), 1)
+        total = hp["iters_per_shot"] * max(self.task.shots(y.numpy()), 1)
         iters = min(total, hp["max_iters"]) if hp["max_iters"] else total
         params = [p for p in self.peft.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=hp["lr"], weight_decay=hp["weight_decay"], betas=(0.9, 0.999))

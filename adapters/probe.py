@@ -59,25 +59,32 @@ class LinearProbe(FewShotMethod):
         return float(c_best)
 
     def _fit_c(self, x: np.ndarray, y: np.ndarray, c: float) -> tuple[np.ndarray, np.ndarray]:
+        """Coefficients ``(K, D)`` and intercepts ``(K,)`` at inverse regularisation ``c``."""
+        fit = {"single": self._fit_multinomial, "multi": self._fit_per_condition}[self.task.kind]
+        return fit(x, y, c)
+
+    def _regression(self, c: float):
         from sklearn.linear_model import LogisticRegression
 
-        def lr():
-            return LogisticRegression(C=c, solver="lbfgs", max_iter=self.hparams["max_iter"], random_state=self.seed)
+        return LogisticRegression(C=c, solver="lbfgs", max_iter=self.hparams["max_iter"], random_state=self.seed)
 
+    def _fit_multinomial(self, x: np.ndarray, y: np.ndarray, c: float) -> tuple[np.ndarray, np.ndarray]:
         k = len(self.task.classes)
-        if self.task.kind == "single":
-            present = np.unique(y)
-            coef, intercept = np.zeros((k, x.shape[1])), np.full(k, -1e4)
-            if len(present) == 1:  # a one-class training set: that class always wins
-                intercept[present[0]] = 0.0
-                return coef, intercept
-            model = lr().fit(x, y)
-            if len(present) == 2:  # sklearn's binary model has one row: logit of classes_[1] vs classes_[0]
-                coef[present[1]], intercept[present[1]] = model.coef_[0], model.intercept_[0]
-                intercept[present[0]] = 0.0
-            else:
-                coef[present], intercept[present] = model.coef_, model.intercept_
+        present = np.unique(y)
+        coef, intercept = np.zeros((k, x.shape[1])), np.full(k, -1e4)
+        if len(present) == 1:  # a one-class training set: that class always wins
+            intercept[present[0]] = 0.0
             return coef, intercept
+        model = self._regression(c).fit(x, y)
+        if len(present) == 2:  # sklearn's binary model has one row: logit of classes_[1] vs classes_[0]
+            coef[present[1]], intercept[present[1]] = model.coef_[0], model.intercept_[0]
+            intercept[present[0]] = 0.0
+        else:
+            coef[present], intercept[present] = model.coef_, model.intercept_
+        return coef, intercept
+
+    def _fit_per_condition(self, x: np.ndarray, y: np.ndarray, c: float) -> tuple[np.ndarray, np.ndarray]:
+        k = len(self.task.classes)
         coef, intercept = np.zeros((k, x.shape[1])), np.zeros(k)
         for j in range(k):
             known = ~np.isnan(y[:, j])
@@ -86,7 +93,7 @@ class LinearProbe(FewShotMethod):
                 prior = float(np.clip(yj.mean() if known.any() else 0.5, 1e-4, 1 - 1e-4))
                 intercept[j] = np.log(prior / (1 - prior))
                 continue
-            model = lr().fit(x[known], yj)
+            model = self._regression(c).fit(x[known], yj)
             coef[j], intercept[j] = model.coef_[0], model.intercept_[0]
         return coef, intercept
 

@@ -1,4 +1,4 @@
-"""Zero-shot baseline (0 shots): the frozen model's prompt-ensemble classifier, nothing learned.
+"""Zero-shot baseline (0 shots): :class:`medclip.eval.zeroshot.ZeroShotClassifier` as a few-shot method.
 
 Scores are ``s · f Wᵀ`` combined by the task (softmax over classes, or the positive/negative prompt
 pair per condition), i.e. the starting point every prompt-based few-shot method improves on.
@@ -7,6 +7,8 @@ pair per condition), i.e. the starting point every prompt-based few-shot method 
 from __future__ import annotations
 
 import torch
+
+from medclip.eval.zeroshot import ZeroShotClassifier
 
 from .base import FewShotMethod, register_method
 
@@ -19,15 +21,15 @@ class ZeroShot(FewShotMethod):
     defaults: dict = {}
 
     def _fit(self, train, val) -> None:
-        self.text = self.text_features().float().cpu()
+        self.classifier = ZeroShotClassifier(self.model, self.task, self.tokenizer)
 
     def _scores(self, test) -> torch.Tensor:
-        if not hasattr(self, "text"):
-            self.text = self.text_features().float().cpu()
-        return self.task.combine(self.logit_scale() * self.image_features(test).float() @ self.text.t())
+        if not hasattr(self, "classifier"):
+            self._fit(None, None)
+        return self.classifier.logits(self.image_features(test))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"text": self.text}
+        return {"text": self.classifier.targets}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.text = state["text"]
+        self.classifier = ZeroShotClassifier(self.model, self.task, targets=state["text"])

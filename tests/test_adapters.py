@@ -57,11 +57,11 @@ def frames(tmp_path_factory):
             "test": df.iloc[12:].reset_index(drop=True)}
 
 
-def make_task(kind: str) -> ma.FewShotTask:
+def make_task(kind: str) -> ma.Task:
     if kind == "single":
-        return ma.FewShotTask(classes=["normal", "pneumonia"], kind="single",
+        return ma.Task(classes=["normal", "pneumonia"], kind="single",
                               prompts=[["no acute process", "clear lungs"], ["pneumonia", "consolidation"]])
-    return ma.FewShotTask(classes=["opacity", "effusion"], kind="multi")
+    return ma.Task(classes=["opacity", "effusion"], kind="multi")
 
 
 @pytest.fixture(scope="module")

@@ -46,7 +46,7 @@ def test_shots_are_patient_level_and_repeat_with_the_seed(kermany):
 
 
 def test_multilabel_draws_positives_and_negatives_per_condition():
-    task = ma.FewShotTask(classes=["a", "b"], kind="multi")
+    task = ma.Task(classes=["a", "b"], kind="multi")
     rng = np.random.default_rng(0)
     table = pd.DataFrame({"image": [f"i{i}" for i in range(60)], "patient_id": [f"p{i // 2}" for i in range(60)],
                           "a": rng.integers(0, 2, 60).astype(float), "b": rng.integers(0, 2, 60).astype(float)})

@@ -29,8 +29,8 @@ def synthetic(model, cache, kind: str, seed: int = 0):
         cache.put(model, frame["image"].tolist(), feats)
         return frame
 
-    task = ma.FewShotTask(classes=["normal", "abnormal"], kind="single") if kind == "single" else \
-        ma.FewShotTask(classes=["a", "b"], kind="multi")
+    task = ma.Task(classes=["normal", "abnormal"], kind="single") if kind == "single" else \
+        ma.Task(classes=["a", "b"], kind="multi")
     return task, make(32, "train"), make(8, "val"), make(120, "test")
 
 
@@ -132,8 +132,6 @@ def test_tip_adapter_is_the_formula(tiny_model):
 
 
 def test_zeroshot_equals_the_eval_zero_shot_classifier(tiny_model):
-    from medclip_adapters.fewshot import task_from_class_file
-
     from medclip.eval.prompts import parse_class_file
     from medclip.eval.zeroshot import ZeroShotClassifier
 
@@ -141,7 +139,7 @@ def test_zeroshot_equals_the_eval_zero_shot_classifier(tiny_model):
                            "classes": {"effusion": ["pleural effusion"], "edema": ["pulmonary edema"]}})
     cache = ma.FeatureCache()
     task, _, _, test = synthetic(tiny_model, cache, "multi", seed=3)
-    task = task_from_class_file(cf)
+    task = ma.Task.from_class_file(cf)
     ours = ma.create_method("zeroshot", tiny_model, task, cache=cache).predict_proba(test)
     ref = ZeroShotClassifier(tiny_model, cf).predict_proba(cache.features(tiny_model, test["image"]))
     np.testing.assert_allclose(ours, ref, atol=1e-5)

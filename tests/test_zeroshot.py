@@ -112,7 +112,12 @@ def test_prompt_cache_hits_and_misses(tiny_model, tokenizer, tmp_path, monkeypat
     other = __import__("copy").deepcopy(tiny_model)
     with torch.no_grad():
         other.text.text_projection.weight.mul_(1.01)  # new weights -> new key
-    assert P.weights_fingerprint(other) != P.weights_fingerprint(tiny_model)
+    assert P.tower_hash(other, "text") != P.tower_hash(tiny_model, "text")
+    assert P.tower_hash(other, "visual") == P.tower_hash(tiny_model, "visual")  # the image tower is unchanged
+    before = P.tower_hash(other, "text")
+    with torch.no_grad():
+        other.text.text_projection.weight.mul_(1.01)  # the same object changed in place: recomputed, not stale
+    assert P.tower_hash(other, "text") != before
 
 
 def _synthetic_tree(root, n=6):

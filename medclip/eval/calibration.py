@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
+from .task import label_kind
 
 
 def reliability_bins(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 15) -> dict[str, np.ndarray]:
@@ -45,21 +46,19 @@ def reliability_bins(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 
 def _events(probs: np.ndarray, y_true: np.ndarray, task: str) -> list[tuple[np.ndarray, np.ndarray]]:
     """(confidence, correct) pairs: one for single-label (top-1), one per condition for multi-label."""
     probs, y_true = np.asarray(probs, dtype=float), np.asarray(y_true, dtype=float)
-    if task == "single":
-        if probs.ndim != 2 or y_true.shape != (probs.shape[0],):
-            raise DataError(f"calibration: single-label needs probs (N, K) and labels (N,), "
-                            f"got {probs.shape} and {y_true.shape}")
-        return [(probs.max(1), (probs.argmax(1) == y_true).astype(float))]
+    kind = label_kind(task)
     if probs.ndim == 1:
         probs, y_true = probs[:, None], y_true[:, None]
-    if probs.shape != y_true.shape:
-        raise DataError(f"calibration: multi-label probs {probs.shape} and labels {y_true.shape} must match")
-    out = []
-    for c in range(probs.shape[1]):
-        known = ~np.isnan(y_true[:, c])
-        if known.any():
-            out.append((probs[known, c], y_true[known, c]))
-    return out
+    if probs.ndim != 2 or y_true.shape != kind.label_shape(*probs.shape):
+        raise DataError(f"calibration: {kind.name}-label probs {probs.shape} need labels of shape "
+                        f"{kind.label_shape(*probs.shape)}, got {y_true.shape}")
+    return kind.calibration_events(probs, y_true)
+
+
+def pooled_bins(probs: np.ndarray, y_true: np.ndarray, task: str, n_bins: int = 15) -> dict[str, np.ndarray]:
+    """Reliability bins over every (confidence, correct) event of :func:`_events` pooled together."""
+    events = _events(probs, y_true, task)
+    return reliability_bins(np.concatenate([c for c, _ in events]), np.concatenate([k for _, k in events]), n_bins)
 
 
 def expected_calibration_error(probs, y_true, task: str = "single", n_bins: int = 15) -> float:
@@ -76,14 +75,7 @@ def expected_calibration_error(probs, y_true, task: str = "single", n_bins: int 
 def probabilities(logits, task: str = "single", temperature: float = 1.0) -> np.ndarray:
     """Softmax (single-label) or sigmoid (multi-label) of ``logits / temperature``."""
     z = torch.tensor(np.array(logits, dtype=np.float64)) / float(temperature)
-    return (z.softmax(dim=-1) if task == "single" else z.sigmoid()).numpy()
-
-
-def _nll(logits: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
-    if task == "single":
-        return torch.nn.functional.cross_entropy(logits, y.long())
-    known = ~torch.isnan(y)
-    return torch.nn.functional.binary_cross_entropy_with_logits(logits[known], y[known])
+    return label_kind(task).probs(z).numpy()
 
 
 def fit_temperature(logits, y_true, task: str = "single", bounds: tuple[float, float] = (0.01, 100.0)) -> float:
@@ -103,13 +95,14 @@ def fit_temperature(logits, y_true, task: str = "single", bounds: tuple[float, f
     """
     from scipy.optimize import minimize_scalar
 
+    kind = label_kind(task)
     z = torch.tensor(np.array(logits, dtype=np.float64))
     y = torch.tensor(np.array(y_true, dtype=np.float64))
     if z.shape[0] < 2:
         raise DataError("temperature scaling needs at least 2 validation images")
 
     def objective(log_t: float) -> float:
-        return float(_nll(z / np.exp(log_t), y, task))
+        return float(kind.loss(z / np.exp(log_t), y))
 
     res = minimize_scalar(objective, bounds=(np.log(bounds[0]), np.log(bounds[1])), method="bounded",
                           options={"xatol": 1e-5})

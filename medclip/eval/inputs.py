@@ -19,9 +19,9 @@ import torch
 
 from ..errors import DataError, MedclipError, require_file
 from .prompts import ClassFile
+from .task import SINGLE, Task
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".dcm", ".dicom", ".bmp", ".tif", ".tiff")
-UNCERTAIN = -1  # CheXpert-style "uncertain" label: treated as unknown
 
 
 def folder_table(root: str | os.PathLike, cf: ClassFile) -> pd.DataFrame:
@@ -73,56 +73,28 @@ def manifest_table(path: str | os.PathLike, cf: ClassFile, image_column: str = "
     return attach_labels(manifest_frame(path), cf, Path(path).resolve().parent, image_column, str(path))
 
 
-def attach_labels(df: pd.DataFrame, cf: ClassFile, root: str | os.PathLike = ".", image_column: str = "image",
-                  where: str = "manifest") -> pd.DataFrame:
+def attach_labels(df: pd.DataFrame, cf: ClassFile | Task, root: str | os.PathLike = ".",
+                  image_column: str = "image", where: str = "manifest") -> pd.DataFrame:
     """Canonical ``image`` (absolute), ``patient_id``, ``split`` and label columns for a manifest table.
 
     Args:
         df: the manifest rows (as read from CSV).
-        cf: the class file.
+        cf: the class file (or its :class:`~medclip.eval.task.Task`), which reads the labels.
         root: folder that relative image paths are relative to.
         image_column: the column of image paths.
         where: name used in error messages.
     """
     if image_column not in df.columns:
         raise DataError(f"{where}: no '{image_column}' column (columns: {', '.join(map(str, df.columns))})")
+    task = cf if isinstance(cf, Task) else Task.from_class_file(cf)
     df = df.reset_index(drop=True).copy()
     root = Path(root).resolve()
     df["image"] = [str(p) if os.path.isabs(str(p)) else str(root / str(p)) for p in df[image_column]]
     df["patient_id"] = df["patient_id"].fillna("").astype(str).str.strip() if "patient_id" in df.columns else ""
     df["split"] = df["split"].fillna("").astype(str).str.strip().str.lower() if "split" in df.columns else ""
-    if cf.task == "single":
-        df["label"] = _single_labels(df, cf)
-    else:
-        for name, values in _multi_labels(df, cf).items():
-            df[f"label/{name}"] = values
+    for column, values in task.manifest_labels(df).items():
+        df[column] = values
     return df
-
-
-def _single_labels(df: pd.DataFrame, cf: ClassFile) -> np.ndarray:
-    """Class index per row from ``cf.label_column`` (-1 where the value is no class: unlabelled)."""
-    if cf.label_column not in df.columns:
-        return np.full(len(df), -1)
-    lookup = {str(v).strip().lower(): i for i, n in enumerate(cf.names) for v in (cf.classes[n].values or [n])}
-    return np.array([lookup.get(str(v).strip().lower(), -1) for v in df[cf.label_column]])
-
-
-def _multi_labels(df: pd.DataFrame, cf: ClassFile) -> dict[str, np.ndarray]:
-    """1/0/NaN per condition from its column; a missing no_finding column is derived from the others."""
-    out = {}
-    for name in cf.names:
-        column = cf.classes[name].column or name
-        if column in df.columns:
-            values = np.array(pd.to_numeric(df[column], errors="coerce"), dtype=float)
-            values[values == UNCERTAIN] = np.nan
-            out[name] = values
-    for name in cf.names:
-        if name not in out and cf.classes[name].no_finding and out:
-            others = np.stack(list(out.values()), 1)
-            derived = np.where((others == 1).any(1), 0.0, np.where((others == 0).all(1), 1.0, np.nan))
-            out[name] = derived
-        out.setdefault(name, np.full(len(df), np.nan))
-    return {name: out[name] for name in cf.names}
 
 
 def read_labelled_images(source: str | os.PathLike | pd.DataFrame, cf: ClassFile,
@@ -144,18 +116,11 @@ def read_labelled_images(source: str | os.PathLike | pd.DataFrame, cf: ClassFile
     if isinstance(source, pd.DataFrame):
         return attach_labels(source, cf, image_column=image_column, where="manifest table")
     if os.path.isdir(source):
-        if cf.task != "single":
+        if cf.task != SINGLE.name:
             raise DataError(f"{source}: a folder tree gives one class per image; use a manifest CSV with one "
                             "column per condition for a multi-label class file")
         return folder_table(source, cf)
     return manifest_table(source, cf, image_column)
-
-
-def label_arrays(df: pd.DataFrame, cf: ClassFile) -> np.ndarray:
-    """Labels of the table as the metrics expect them: ``(N,)`` indices or ``(N, K)`` 1/0/NaN."""
-    if cf.task == "single":
-        return df["label"].to_numpy(dtype=float)
-    return np.stack([df[f"label/{n}"].to_numpy(dtype=float) for n in cf.names], 1)
 
 
 class _ImageFiles(torch.utils.data.Dataset):

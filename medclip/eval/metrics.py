@@ -1,11 +1,11 @@
 """Classification metrics with bootstrap 95% confidence intervals.
 
-AUROC (per class and macro), accuracy and F1 at a chosen threshold, computed with scikit-learn. The
+AUROC (per class and macro), accuracy and F1 at a chosen threshold. The
 confidence intervals come from the percentile bootstrap: the evaluation set is resampled with
 replacement ``n_bootstrap`` times (seeded), either image by image or **patient by patient** (cluster
 bootstrap: all images of a sampled patient enter together, which is the honest choice when a patient
 contributes several images). Every metric is computed on the same resamples, so the macro CI is
-consistent with the per-class ones. Point estimates come from scikit-learn; the resamples are scored
+consistent with the per-class ones. The resamples are scored
 all at once from per-image counts (:func:`bootstrap_metrics`, equal to scikit-learn on the resampled
 arrays and ~1000x faster than calling it per resample). Resamples in which a metric is undefined
 (e.g. AUROC when a resample holds a single class) are left out of that metric's interval and counted.
@@ -26,8 +26,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..errors import DataError
-
-TASKS = ("single", "multi")
+from .task import label_kind
 
 
 def bootstrap_indices(n: int, groups: Sequence | None = None, n_resamples: int = 1000,
@@ -57,14 +56,14 @@ def bootstrap_indices(n: int, groups: Sequence | None = None, n_resamples: int =
     return out
 
 
-def _auroc(y: np.ndarray, p: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
+def auroc(y: np.ndarray, score: np.ndarray) -> float:
+    """AUROC of ``score`` for the 0/1 labels ``y`` (NaN labels left out; NaN when one class is absent).
 
-    keep = ~np.isnan(y)
-    y, p = y[keep], p[keep]
-    if y.size == 0 or y.min() == y.max():
-        return float("nan")
-    return float(roc_auc_score(y, p))
+    The Mann-Whitney statistic with ties counted half, i.e. :func:`sklearn.metrics.roc_auc_score`
+    (tested); the project's one AUROC, also behind the bootstrap (:func:`bootstrap_metrics`).
+    """
+    y, score = np.asarray(y, dtype=float), np.asarray(score, dtype=float)
+    return float(_weighted_auroc(y, score, np.ones((1, len(y))))[0])
 
 
 def _f1(y: np.ndarray, pred: np.ndarray) -> float:
@@ -80,30 +79,24 @@ def point_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[s
                   threshold: float = 0.5) -> dict[str, float]:
     """Flat dict of metrics on one (re)sample: ``auroc/<class>``, ``auroc_macro``, ``f1/<class>``,
     ``f1_macro``, ``accuracy`` (and ``accuracy/<class>`` for multi-label). Undefined values are NaN."""
+    kind = label_kind(task)
+    targets, decisions = kind.indicator(y_true, probs.shape[1]), kind.decisions(probs, threshold)
     out: dict[str, float] = {}
-    k = probs.shape[1]
-    if task == "single":
-        y = y_true.astype(int)
-        pred = (probs[:, 1] >= threshold).astype(int) if k == 2 else probs.argmax(1)
-        onehot = np.eye(k)[y]
-        out["accuracy"] = float((pred == y).mean())
-        for c, name in enumerate(class_names):
-            out[f"auroc/{name}"] = _auroc(onehot[:, c], probs[:, c])
-            out[f"f1/{name}"] = _f1(onehot[:, c], (pred == c).astype(int))
-    else:
-        pred = (probs >= threshold).astype(int)
-        for c, name in enumerate(class_names):
-            y = y_true[:, c].astype(float)
-            known = ~np.isnan(y)
-            out[f"auroc/{name}"] = _auroc(y, probs[:, c])
-            out[f"f1/{name}"] = _f1(y, pred[:, c])
-            out[f"accuracy/{name}"] = float((pred[known, c] == y[known]).mean()) if known.any() else float("nan")
-        accs = [out[f"accuracy/{n}"] for n in class_names]
-        out["accuracy"] = float(np.nanmean(accs)) if not np.all(np.isnan(accs)) else float("nan")
+    for c, name in enumerate(class_names):
+        out[f"auroc/{name}"] = auroc(targets[:, c], probs[:, c])
+        out[f"f1/{name}"] = _f1(targets[:, c], decisions[:, c])
+    out.update(kind.accuracies(targets, decisions, class_names, _mean_known, _nanmean))
     for metric in ("auroc", "f1"):
-        vals = [out[f"{metric}/{n}"] for n in class_names]
-        out[f"{metric}_macro"] = float(np.nanmean(vals)) if not np.all(np.isnan(vals)) else float("nan")
+        out[f"{metric}_macro"] = _nanmean([out[f"{metric}/{n}"] for n in class_names])
     return out
+
+
+def _mean_known(correct: np.ndarray, known: np.ndarray) -> float:
+    return float(correct[known].mean()) if known.any() else float("nan")
+
+
+def _nanmean(values: list[float]) -> float:
+    return float(np.nanmean(values)) if not np.all(np.isnan(values)) else float("nan")
 
 
 def _weighted_auroc(y: np.ndarray, p: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -154,26 +147,14 @@ def bootstrap_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: Sequen
     Returns:
         dict of metric name -> array of ``B`` values (NaN where undefined).
     """
+    kind = label_kind(task)
+    targets, decisions = kind.indicator(y_true, probs.shape[1]), kind.decisions(probs, threshold)
     out: dict[str, np.ndarray] = {}
-    k = probs.shape[1]
-    if task == "single":
-        y = y_true.astype(int)
-        pred = (probs[:, 1] >= threshold).astype(int) if k == 2 else probs.argmax(1)
-        out["accuracy"] = _weighted_accuracy((pred == y).astype(float), np.ones(len(y)), weights)
-        for c, name in enumerate(class_names):
-            target = (y == c).astype(float)
-            out[f"auroc/{name}"] = _weighted_auroc(target, probs[:, c], weights)
-            out[f"f1/{name}"] = _weighted_f1(target, (pred == c), weights)
-    else:
-        pred = probs >= threshold
-        for c, name in enumerate(class_names):
-            y = y_true[:, c].astype(float)
-            known = ~np.isnan(y)
-            out[f"auroc/{name}"] = _weighted_auroc(y, probs[:, c], weights)
-            out[f"f1/{name}"] = _weighted_f1(y, pred[:, c], weights)
-            out[f"accuracy/{name}"] = _weighted_accuracy((pred[:, c] == np.nan_to_num(y)).astype(float),
-                                                         known, weights)
-        out["accuracy"] = _nanmean_rows([out[f"accuracy/{n}"] for n in class_names])
+    for c, name in enumerate(class_names):
+        out[f"auroc/{name}"] = _weighted_auroc(targets[:, c], probs[:, c], weights)
+        out[f"f1/{name}"] = _weighted_f1(targets[:, c], decisions[:, c], weights)
+    out.update(kind.accuracies(targets, decisions, class_names,
+                               lambda correct, known: _weighted_accuracy(correct, known, weights), _nanmean_rows))
     for metric in ("auroc", "f1"):
         out[f"{metric}_macro"] = _nanmean_rows([out[f"{metric}/{n}"] for n in class_names])
     return out
@@ -187,19 +168,19 @@ def _nanmean_rows(columns: list[np.ndarray]) -> np.ndarray:
 
 
 def _check_inputs(y_true, probs, class_names, task) -> tuple[np.ndarray, np.ndarray]:
-    if task not in TASKS:
-        raise DataError(f"task must be one of {TASKS}, got '{task}'")
+    kind = label_kind(task)
     y_true, probs = np.asarray(y_true, dtype=float), np.asarray(probs, dtype=float)
     if probs.ndim != 2 or probs.shape[1] != len(class_names):
         raise DataError(f"probabilities must be (N, {len(class_names)}) for classes {list(class_names)}, "
                         f"got {probs.shape}")
-    want = (probs.shape[0],) if task == "single" else probs.shape
+    want = kind.label_shape(*probs.shape)
     if y_true.shape != want:
         raise DataError(f"labels must have shape {want} for a {task}-label task, got {y_true.shape}")
     if probs.shape[0] == 0:
         raise DataError("no labelled images to evaluate")
-    if task == "single" and (np.isnan(y_true).any() or y_true.min() < 0 or y_true.max() >= len(class_names)):
-        raise DataError(f"single-label targets must be class indices 0..{len(class_names) - 1} without gaps")
+    problem = kind.label_problem(y_true, len(class_names))
+    if problem:
+        raise DataError(problem)
     return y_true, probs
 
 
@@ -239,10 +220,8 @@ def evaluate(y_true, probs, class_names: Sequence[str], task: str = "single", th
         low, high = (np.percentile(vals, [lo_q, hi_q]) if vals.size else (np.nan, np.nan))
         metrics[key] = {"value": value, "ci_low": float(low), "ci_high": float(high),
                         "n_valid_resamples": int(vals.size)}
-    if task == "single":
-        positives = {n: int((y_true == c).sum()) for c, n in enumerate(class_names)}
-    else:
-        positives = {n: int(np.nansum(y_true[:, c])) for c, n in enumerate(class_names)}
+    targets = label_kind(task).indicator(y_true, len(class_names))
+    positives = {n: int(np.nansum(targets[:, c])) for c, n in enumerate(class_names)}
     return {"metrics": metrics, "n_images": int(len(probs)),
             "n_groups": int(len(set(map(str, groups)))) if groups is not None else int(len(probs)),
             "n_positive": positives,

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .metrics import bootstrap_indices
+from .task import label_kind
 
 
 def _pyplot():
@@ -84,10 +85,10 @@ def plot_roc(y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str], 
     """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 5))
-    for c, name in enumerate(class_names):
-        y = (np.asarray(y_true) == c).astype(float) if task == "single" else np.asarray(y_true, float)[:, c]
-        if task == "single" and len(class_names) == 2 and c == 0:
-            continue  # binary: the two one-vs-rest curves are mirror images; show the positive class
+    kind = label_kind(task)
+    targets = kind.indicator(np.asarray(y_true), len(class_names))
+    for c in kind.curves(len(class_names)):  # binary single-label: the positive class only (mirror images)
+        name, y = class_names[c], targets[:, c]
         band = roc_band(y, probs[:, c], groups, n_bootstrap, seed)
         if np.isnan(band["tpr"]).all():
             continue

@@ -17,8 +17,8 @@ condition marked ``no_finding: true`` is scored against the average of all the o
 prompts ("normal" vs "any finding") instead of the nonsense "no no finding".
 
 Prompt ensembling follows the CLIP paper: every prompt × template is encoded, L2-normalised, averaged
-and renormalised. Prompt embeddings are cached on disk per model (key: a hash of the weights, the
-architecture and the exact texts), so re-running on new images never re-encodes prompts.
+and renormalised. Prompt embeddings are cached on disk per model (key: :func:`tower_hash` of the
+text tower and the exact texts), so re-running on new images never re-encodes prompts.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -164,18 +165,34 @@ def ensemble(embeddings: torch.Tensor) -> torch.Tensor:
     return F.normalize(F.normalize(embeddings.float(), dim=-1).mean(0), dim=-1)
 
 
-def weights_fingerprint(model: torch.nn.Module) -> str:
-    """SHA-256 of the model's architecture and every weight (identifies a model for caching)."""
-    digest = hashlib.sha256()
-    config = getattr(model, "config", None)
-    if config is not None:
-        from ..config import to_dict
+_HASHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+TOWERS = {"visual": "vision", "text": "text"}  # module attribute -> its config section
 
-        digest.update(json.dumps(to_dict(config), sort_keys=True, default=str).encode())
-    for key, value in sorted(model.state_dict().items()):
+
+def tower_hash(model, tower: str) -> str:
+    """SHA-256 of one tower's config and weights: ``visual`` keys the image-feature cache, ``text`` the prompt cache.
+
+    Kept per model object and recomputed whenever a weight of that tower changed (in-place updates bump
+    a tensor's version counter), so a hash is never stale.
+    """
+    if tower not in TOWERS:
+        raise ConfigError(f"tower must be one of {tuple(TOWERS)}, got '{tower}'")
+    state = getattr(model, tower).state_dict()
+    version = tuple((k, id(v), v._version) for k, v in state.items())
+    memo = _HASHES.setdefault(model, {})
+    if tower in memo and memo[tower][0] == version:
+        return memo[tower][1]
+    from ..config import to_dict
+
+    config = getattr(getattr(model, "config", None), TOWERS[tower], None)
+    digest = hashlib.sha256(json.dumps(to_dict(config) if config is not None else None, sort_keys=True,
+                                       default=str).encode())
+    digest.update(str(getattr(getattr(model, "config", None), "embed_dim", "")).encode())
+    for key, value in sorted(state.items()):
         digest.update(key.encode())
         digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+    memo[tower] = (version, digest.hexdigest())
+    return memo[tower][1]
 
 
 def default_cache_dir() -> str:
@@ -184,21 +201,19 @@ def default_cache_dir() -> str:
     return os.path.join(root, "prompts")
 
 
-@torch.no_grad()
 def encode_texts(model, tokenizer, texts: list[str], batch_size: int = 256) -> torch.Tensor:
-    """Normalised text embeddings ``(T, D)`` in input order.
+    """Normalised text embeddings ``(T, D)`` in input order (float32, on the model's device).
 
     Texts are sorted by token length and encoded in batches, so each batch is trimmed to a similar real
-    length by the text tower (no work on padding); results are put back in the input order.
+    length by the text tower (no work on padding); results are put back in the input order. Gradients
+    flow when enabled (LoRA trains through this); wrap in ``torch.no_grad()`` otherwise.
     """
     ids = tokenizer(texts)
     order = torch.argsort((ids != 0).sum(1), stable=True)
     device = next(model.parameters()).device
-    out = torch.empty(len(texts), model.config.embed_dim)
-    for start in range(0, len(texts), batch_size):
-        index = order[start:start + batch_size]
-        out[index] = model.encode_text(ids[index].to(device)).float().cpu()
-    return out
+    parts = [model.encode_text(ids[order[start:start + batch_size]].to(device)).float()
+             for start in range(0, len(texts), batch_size)]
+    return torch.cat(parts)[torch.argsort(order).to(device)]
 
 
 def cached_text_embeddings(model, tokenizer, texts: list[str], cache_dir: str | None = None,
@@ -207,13 +222,13 @@ def cached_text_embeddings(model, tokenizer, texts: list[str], cache_dir: str | 
 
     Args:
         cache_dir: folder of the cache; None disables caching.
-        fingerprint: precomputed :func:`weights_fingerprint` of ``model`` (computed when None).
+        fingerprint: precomputed ``tower_hash(model, "text")`` (computed when None).
     """
     if not cache_dir:
         return encode_texts(model, tokenizer, texts)
     from safetensors.torch import load_file, save_file
 
-    fingerprint = fingerprint or weights_fingerprint(model)
+    fingerprint = fingerprint or tower_hash(model, "text")
     key = hashlib.sha256(json.dumps([fingerprint, texts]).encode()).hexdigest()
     path = os.path.join(cache_dir, f"{key}.safetensors")
     if os.path.exists(path):
@@ -221,7 +236,8 @@ def cached_text_embeddings(model, tokenizer, texts: list[str], cache_dir: str | 
             return load_file(path)["embeddings"]
         except Exception:  # a torn write from a killed run: recompute
             pass
-    emb = encode_texts(model, tokenizer, texts)
+    with torch.no_grad():
+        emb = encode_texts(model, tokenizer, texts).cpu()
     os.makedirs(cache_dir, exist_ok=True)
     tmp = f"{path}.{os.getpid()}.tmp"
     save_file({"embeddings": emb.contiguous()}, tmp, metadata={"texts": json.dumps(texts)[:60000]})
@@ -229,35 +245,37 @@ def cached_text_embeddings(model, tokenizer, texts: list[str], cache_dir: str | 
     return emb
 
 
+def encode_prompt_sets(model, tokenizer, prompt_sets, cache_dir: str | None = None,
+                       fingerprint: str | None = None) -> torch.Tensor:
+    """One :func:`ensemble` embedding per prompt set ``(T, D)``; every prompt is encoded in one call.
+
+    With ``cache_dir`` the embeddings come through the on-disk prompt cache (no gradients); without it
+    gradients flow when enabled (LoRA trains through this).
+    """
+    flat = [p for prompts in prompt_sets for p in prompts]
+    if cache_dir:
+        emb = cached_text_embeddings(model, tokenizer, flat, cache_dir, fingerprint)
+    else:
+        emb = encode_texts(model, tokenizer, flat)
+    sizes = [len(prompts) for prompts in prompt_sets]
+    return torch.stack([ensemble(part) for part in torch.split(emb, sizes)])
+
+
 def class_embeddings(model, cf: ClassFile, tokenizer=None, cache_dir: str | None = None,
                      fingerprint: str | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Ensembled class embeddings: positives ``(K, D)`` and, for multi-label, negatives ``(K, D)``.
 
-    All prompts of all classes are encoded together in one call (one cache entry). A ``no_finding``
-    condition without explicit negatives is contrasted with the ensemble of every other condition's
-    positive prompts.
+    The targets are those of :meth:`medclip.eval.task.Task.from_class_file` (where the ``no_finding``
+    rule lives), encoded together in one call (one cache entry).
     """
+    from .task import Task
+
     if tokenizer is None:
         from ..tokenizer import get_tokenizer
 
         tokenizer = get_tokenizer(model.config)
-    groups = [positive_texts(cf, n) for n in cf.names]
-    if cf.task == "multi":
-        groups += [negative_texts(cf, n) for n in cf.names]
-    flat = [t for g in groups for t in g]
-    emb = cached_text_embeddings(model, tokenizer, flat, cache_dir, fingerprint)
-    parts, start = [], 0
-    for g in groups:
-        parts.append(emb[start:start + len(g)])
-        start += len(g)
-    k = len(cf.names)
-    pos = torch.stack([ensemble(p) for p in parts[:k]])
-    if cf.task == "single":
-        return pos, None
-    neg = []
-    for i in range(k):
-        if parts[k + i].shape[0]:
-            neg.append(ensemble(parts[k + i]))
-        else:  # no_finding: "any of the other findings"
-            neg.append(ensemble(torch.cat([parts[j] for j in range(k) if j != i])))
-    return pos, torch.stack(neg)
+    task = Task.from_class_file(cf)
+    with torch.no_grad():
+        emb = encode_prompt_sets(model, tokenizer, task.prompts, cache_dir, fingerprint).cpu()
+    k = len(task.classes)
+    return emb[:k], (emb[k:] if task.n_targets > k else None)

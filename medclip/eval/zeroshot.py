@@ -21,10 +21,11 @@ import pandas as pd
 import torch
 
 from ..errors import DataError
-from .calibration import expected_calibration_error, fit_temperature, probabilities, reliability_bins
-from .inputs import encode_images, label_arrays, read_labelled_images
+from .calibration import expected_calibration_error, fit_temperature, pooled_bins, probabilities
+from .inputs import encode_images, read_labelled_images
 from .metrics import evaluate
-from .prompts import ClassFile, class_embeddings, load_class_file, negative_texts, positive_texts
+from .prompts import ClassFile, encode_prompt_sets, load_class_file
+from .task import SINGLE, Task
 
 
 class ZeroShotClassifier:
@@ -32,35 +33,40 @@ class ZeroShotClassifier:
 
     Args:
         model: a :class:`medclip.CLIP`.
-        classes: a :class:`ClassFile` (or a path to one).
+        classes: a :class:`ClassFile`, a path to one, or a :class:`~medclip.eval.task.Task`.
         tokenizer: defaults to the model's tokenizer.
         cache_dir: prompt-embedding cache folder (None: no cache).
-        fingerprint: precomputed weights hash for the cache key.
+        fingerprint: precomputed text-tower hash for the cache key.
+        targets: precomputed target embeddings ``(T, D)`` (a saved classifier); skips encoding.
     """
 
-    def __init__(self, model, classes: ClassFile | str, tokenizer=None, cache_dir: str | None = None,
-                 fingerprint: str | None = None):
-        self.classes = load_class_file(classes) if isinstance(classes, (str, os.PathLike)) else classes
-        self.task = self.classes.task
-        with torch.no_grad():
-            self.positive, self.negative = class_embeddings(model, self.classes, tokenizer, cache_dir, fingerprint)
-            self.logit_scale = float(model.get_logit_scale())
+    def __init__(self, model, classes: ClassFile | Task | str, tokenizer=None, cache_dir: str | None = None,
+                 fingerprint: str | None = None, targets: torch.Tensor | None = None):
+        if isinstance(classes, (str, os.PathLike)):
+            classes = load_class_file(classes)
+        self.classes = None if isinstance(classes, Task) else classes
+        self.task = classes if isinstance(classes, Task) else Task.from_class_file(classes)
+        if targets is None:
+            if tokenizer is None:
+                from ..tokenizer import get_tokenizer
+
+                tokenizer = get_tokenizer(model.config)
+            with torch.no_grad():
+                targets = encode_prompt_sets(model, tokenizer, self.task.prompts, cache_dir, fingerprint)
+        self.targets = targets.float().cpu()
+        self.logit_scale = float(model.get_logit_scale().detach())
 
     @property
     def names(self) -> list[str]:
-        return self.classes.names
+        return self.task.classes
 
     def logits(self, image_features: torch.Tensor) -> torch.Tensor:
         """``(N, K)`` logits: class scores (single) or positive-minus-negative scores (multi)."""
-        f = image_features.float()
-        scores = self.logit_scale * f @ self.positive.T
-        if self.task == "multi":
-            scores = scores - self.logit_scale * f @ self.negative.T
-        return scores
+        return self.task.combine(self.logit_scale * image_features.float() @ self.targets.T)
 
     def predict_proba(self, image_features: torch.Tensor, temperature: float = 1.0) -> np.ndarray:
         """Probabilities ``(N, K)``: softmax over classes (single) or per-condition sigmoid (multi)."""
-        return probabilities(self.logits(image_features).numpy(), self.task, temperature)
+        return probabilities(self.logits(image_features).numpy(), self.task.kind, temperature)
 
 
 @dataclass
@@ -85,15 +91,15 @@ class ZeroShotResult:
         """Rows the metrics were computed on (labelled, and not in the calibration split)."""
         return self.table["evaluated"].to_numpy(dtype=bool)
 
+    @property
+    def task(self) -> Task:
+        return Task.from_class_file(self.classes)
+
     def labels(self) -> np.ndarray:
-        return label_arrays(self.table, self.classes)
+        return self.task.labels(self.table)
 
     def probs(self) -> np.ndarray:
         return self.table[[f"prob/{n}" for n in self.classes.names]].to_numpy(dtype=float)
-
-
-def _labelled(y: np.ndarray, task: str) -> np.ndarray:
-    return y >= 0 if task == "single" else ~np.isnan(y).all(1)
 
 
 def _calibration_split(table: pd.DataFrame, calibrate_on: str | None, val_fraction: float, seed: int) -> pd.Series:
@@ -117,16 +123,16 @@ def score_table(clf: ZeroShotClassifier, table: pd.DataFrame, logits: np.ndarray
     """Add ``logit/*``, ``prob/*`` and ``evaluated`` columns; fit a temperature on the calibration split."""
     table = table.copy()
     table["split"] = _calibration_split(table, calibrate_on, val_fraction, seed).to_numpy()
-    y = label_arrays(table, clf.classes)
-    labelled = _labelled(y, clf.task)
+    y = clf.task.labels(table)
+    labelled = clf.task.labelled(y)
     calib = (table["split"] == calibrate_on).to_numpy() & labelled if calibrate_on else np.zeros(len(table), bool)
     temperature = 1.0
     if calibrate_on:
         if calib.sum() < 2:
             raise DataError(f"--calibrate-on {calibrate_on}: only {int(calib.sum())} labelled images in that split; "
                             "need at least 2 (or leave calibration off)")
-        temperature = fit_temperature(logits[calib], y[calib], clf.task)
-    probs = probabilities(logits, clf.task, temperature)
+        temperature = fit_temperature(logits[calib], y[calib], clf.task.kind)
+    probs = probabilities(logits, clf.task.kind, temperature)
     for c, name in enumerate(clf.names):
         table[f"logit/{name}"] = logits[:, c]
         table[f"prob/{name}"] = probs[:, c]
@@ -138,19 +144,20 @@ def compute_metrics(table: pd.DataFrame, clf: ZeroShotClassifier, temperature: f
                     seed: int = 0, threshold: float = 0.5, bootstrap_unit: str = "patient", n_bins: int = 15) -> dict:
     """Metrics JSON content for the ``evaluated`` rows of a scored table (see :func:`score_table`)."""
     rows = table[table["evaluated"]]
-    out: dict = {"task": clf.task, "classes": clf.names, "n_images": int(len(table)),
+    out: dict = {"task": clf.task.kind, "classes": clf.names, "n_images": int(len(table)),
                  "n_evaluated": int(len(rows)), "temperature": temperature, "logit_scale": clf.logit_scale}
     if rows.empty:
         out["note"] = "no labelled images to evaluate: probabilities only"
         return out
-    y = label_arrays(rows, clf.classes)
+    y = clf.task.labels(rows)
     probs = rows[[f"prob/{n}" for n in clf.names]].to_numpy(dtype=float)
-    raw = probabilities(rows[[f"logit/{n}" for n in clf.names]].to_numpy(dtype=float), clf.task)
+    kind = clf.task.kind
+    raw = probabilities(rows[[f"logit/{n}" for n in clf.names]].to_numpy(dtype=float), kind)
     groups = _cluster_ids(rows) if bootstrap_unit == "patient" else None
-    out.update(evaluate(y, probs, clf.names, clf.task, threshold, groups, n_bootstrap, seed))
+    out.update(evaluate(y, probs, clf.names, kind, threshold, groups, n_bootstrap, seed))
     out["n_images"] = int(len(table))  # evaluate() counts only the evaluated rows
-    out["calibration"] = {"n_bins": n_bins, "ece": expected_calibration_error(probs, y, clf.task, n_bins),
-                          "ece_before_scaling": expected_calibration_error(raw, y, clf.task, n_bins)}
+    out["calibration"] = {"n_bins": n_bins, "ece": expected_calibration_error(probs, y, kind, n_bins),
+                          "ece_before_scaling": expected_calibration_error(raw, y, kind, n_bins)}
     return out
 
 
@@ -158,35 +165,28 @@ def write_figures(result: ZeroShotResult, output: str, n_bootstrap: int = 200, s
     """ROC curves with CI bands, reliability diagram and (single-label) confusion matrix as PNGs."""
     from . import plots
 
-    mask, cf, m = result.eval_mask(), result.classes, result.metrics
+    mask, task, m = result.eval_mask(), result.task, result.metrics
     if not mask.any():
         return {}
     y, probs = result.labels()[mask], result.probs()[mask]
     rows = result.table[mask]
     figures = {name: os.path.join(output, f"{name}.png") for name in ("roc", "reliability", "confusion")}
-    plots.plot_roc(y, probs, cf.names, cf.task, m, _cluster_ids(rows), n_bootstrap, seed, figures["roc"])
-    raw = probabilities(rows[[f"logit/{n}" for n in cf.names]].to_numpy(dtype=float), cf.task)
+    plots.plot_roc(y, probs, task.classes, task.kind, m, _cluster_ids(rows), n_bootstrap, seed, figures["roc"])
+    raw = probabilities(rows[[f"logit/{n}" for n in task.classes]].to_numpy(dtype=float), task.kind)
     curves = {f"zero-shot (ECE {m['calibration']['ece_before_scaling']:.3f})": raw}
     if m["temperature"] != 1.0:
         curves[f"temperature {m['temperature']:.2f} (ECE {m['calibration']['ece']:.3f})"] = probs
-    plots.plot_reliability({k: _pooled_bins(v, y, cf.task, m["calibration"]["n_bins"]) for k, v in curves.items()},
+    plots.plot_reliability({k: pooled_bins(v, y, task.kind, m["calibration"]["n_bins"]) for k, v in curves.items()},
                            figures["reliability"])
-    if cf.task == "single":
-        pred = (probs[:, 1] >= m["bootstrap"]["threshold"]).astype(int) if len(cf.names) == 2 else probs.argmax(1)
-        plots.plot_confusion(y.astype(int), pred, cf.names, figures["confusion"])
+    if task.kind == SINGLE.name:  # a confusion matrix needs one predicted class per image
+        pred = SINGLE.decisions(probs, m["bootstrap"]["threshold"]).argmax(1)
+        plots.plot_confusion(y, pred, task.classes, figures["confusion"])
     else:
         del figures["confusion"]
     import matplotlib.pyplot as plt
 
     plt.close("all")
     return figures
-
-
-def _pooled_bins(probs: np.ndarray, y: np.ndarray, task: str, n_bins: int) -> dict:
-    if task == "single":
-        return reliability_bins(probs.max(1), (probs.argmax(1) == y).astype(float), n_bins)
-    known = ~np.isnan(y)
-    return reliability_bins(probs[known], y[known], n_bins)
 
 
 def _select_split(table: pd.DataFrame, source, split: str | None, calibrate_on: str | None) -> pd.DataFrame:
@@ -237,7 +237,7 @@ def run_zeroshot(model, source: str, classes: ClassFile | str, output: str | Non
     clf = ZeroShotClassifier(model, classes, cache_dir=cache_dir, fingerprint=fingerprint)
     table = _select_split(read_labelled_images(source, clf.classes), source, split, calibrate_on)
     if max_images and len(table) > max_images:
-        table = subsample(table, max_images, "label" if clf.task == "single" else None, seed)
+        table = subsample(table, max_images, "label" if clf.task.kind == SINGLE.name else None, seed)
     features, kept, bad = encode_images(model, table["image"].tolist(), batch_size=batch_size,
                                         num_workers=num_workers, progress=progress)
     quarantine = pd.DataFrame([(table["image"].iat[i], reason) for i, reason in bad], columns=["image", "reason"])
@@ -249,9 +249,7 @@ def run_zeroshot(model, source: str, classes: ClassFile | str, output: str | Non
     metrics.update({"calibrate_on": calibrate_on, "split": split, "max_images": max_images,
                     "source": str(source) if isinstance(source, (str, os.PathLike)) else "DataFrame",
                     **(run_info or {})})
-    metrics["prompts"] = {n: {"positive": positive_texts(clf.classes, n),
-                              **({"negative": negative_texts(clf.classes, n)} if clf.task == "multi" else {})}
-                          for n in clf.names}
+    metrics["prompts"] = clf.task.prompt_report()
     result = ZeroShotResult(table, metrics, clf.classes, quarantine)
     if output:
         _write_outputs(result, output, figures, seed)
@@ -281,10 +279,8 @@ def confident_examples(result: ZeroShotResult, class_name: str, k: int = 4) -> p
     c = result.classes.names.index(class_name)
     out = pd.concat([rows.head(k).assign(group="most confident"),
                      rows.tail(k).iloc[::-1].assign(group="least confident")])
-    if result.classes.task == "single":
-        out["truth"] = np.where(out["label"] < 0, "unknown", np.where(out["label"] == c, "yes", "no"))
-    else:
-        out["truth"] = out[f"label/{class_name}"].map({1.0: "yes", 0.0: "no"}).fillna("unknown")
+    truth = result.task.indicator(result.task.labels(out))[:, c]
+    out["truth"] = np.select([truth == 1, truth == 0], ["yes", "no"], "unknown")
     return out[["group", "image", "patient_id", f"prob/{class_name}", "truth"]].reset_index(drop=True)
 
 
