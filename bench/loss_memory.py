@@ -1,10 +1,11 @@
-"""Dense vs tiled contrastive loss: peak memory increase and time of forward + backward.
+"""Dense vs tiled contrastive losses (InfoNCE and SigLIP): peak memory increase and time of forward + backward.
 
 Each (method, N) runs in its own subprocess so peak RSS (``ru_maxrss``) is not polluted by other
 runs. The increase is measured over the process peak after the ``(N, d)`` features exist, so it is the
 loss's own extra memory (logits, softmax, gradients). ``dense`` is open_clip's ``ClipLoss`` when
 open_clip is installed (else :func:`medclip.loss.clip_loss`); ``tiled`` is
-:func:`medclip.loss.tiled_clip_loss`.
+:func:`medclip.loss.tiled_clip_loss`. ``sig-ref`` is open_clip's ``SigLipLoss`` (N × N logits) and
+``siglip`` is :func:`medclip.loss.siglip_loss` (streamed, logit bias −10, scale 10).
 
 Usage::
 
@@ -40,26 +41,42 @@ def _dense_fn():
         return "medclip.clip_loss", clip_loss
 
 
+def _loss_fn(method: str):
+    """(implementation name, fn(img, txt, scale, bias)) of a bench method."""
+    from medclip.loss import siglip_loss, tiled_clip_loss
+
+    if method == "dense":
+        name, fn = _dense_fn()
+        return name, lambda i, t, s, b: fn(i, t, s)
+    if method == "sig-ref":
+        from open_clip.loss import SigLipLoss
+
+        return "open_clip.SigLipLoss", SigLipLoss()
+    if method == "siglip":
+        return "medclip.siglip_loss", siglip_loss
+    return "medclip.tiled_clip_loss", lambda i, t, s, b: tiled_clip_loss(i, t, s)
+
+
 def measure(method: str, n: int, dim: int, repeats: int) -> dict:
     """Run one method in this process; return time (best of ``repeats``) and peak RSS increase."""
     import torch
 
-    from medclip.loss import tiled_clip_loss
-
     torch.manual_seed(0)
-    name, fn = _dense_fn() if method == "dense" else ("medclip.tiled_clip_loss", tiled_clip_loss)
+    name, fn = _loss_fn(method)
     img = torch.nn.functional.normalize(torch.randn(n, dim), dim=1).requires_grad_()
     txt = torch.nn.functional.normalize(torch.randn(n, dim), dim=1).requires_grad_()
-    scale = torch.tensor(14.3, requires_grad=True)
+    siglip = method in ("siglip", "sig-ref")
+    scale = torch.tensor(10.0 if siglip else 14.3, requires_grad=True)
+    bias = torch.tensor(-10.0, requires_grad=True)
     base = _rss_mib()
     times = []
     for _ in range(repeats):
-        img.grad = txt.grad = scale.grad = None
+        img.grad = txt.grad = scale.grad = bias.grad = None
         start = time.perf_counter()
-        loss = fn(img, txt, scale)
+        loss = fn(img, txt, scale, bias)
         loss.backward()
         times.append(time.perf_counter() - start)
-    return {"method": method, "impl": name, "n": n, "d": dim, "loss": float(loss), "seconds": min(times),
+    return {"method": method, "impl": name, "n": n, "d": dim, "loss": float(loss.detach()), "seconds": min(times),
             "peak_extra_mib": _rss_mib() - base}
 
 
@@ -78,9 +95,9 @@ def main() -> None:
     results = {}
     print(f"{'method':<8}{'impl':<26}{'N':>7}{'seconds':>10}{'extra MiB':>11}{'loss':>10}")
     for n in args.sizes:
-        for method in ("dense", "tiled"):
-            if method == "dense" and args.quick and n >= 32768:
-                print(f"{'dense':<8}{'(skipped: --quick)':<26}{n:>7}")
+        for method in ("dense", "tiled", "sig-ref", "siglip"):
+            if method in ("dense", "sig-ref") and args.quick and n >= 32768:
+                print(f"{method:<8}{'(skipped: --quick)':<26}{n:>7}")
                 continue
             cmd = [sys.executable, __file__, "--child", method, str(n), "--dim", str(args.dim),
                    "--repeats", str(args.repeats)]
@@ -100,6 +117,12 @@ def main() -> None:
               f"({t['peak_extra_mib']:.0f} vs {d['peak_extra_mib']:.0f} MiB)")
     else:
         print("key ratio unavailable: run with N = 16384 for both methods")
+    sig = [n for n in args.sizes if ("siglip", n) in results]
+    if sig:
+        r = results[("siglip", max(sig))]
+        ref = results.get(("sig-ref", max(sig)))
+        ratio = f"{ref['seconds'] / r['seconds']:.2f}x faster than open_clip.SigLipLoss, " if ref else ""
+        print(f"N={max(sig)} d={args.dim}: siglip is {ratio}{r['peak_extra_mib']:.0f} MiB extra memory")
 
 
 if __name__ == "__main__":

@@ -117,7 +117,9 @@ class ModelConfig:
         vision: the image tower.
         text: the text tower.
         init_logit_scale: initial value of the learnable log temperature, ln(1/0.07).
-        max_logit_scale: the log scale is clamped to this (ln 100).
+        max_logit_scale: the log scale is clamped to this (ln 100); converters raise it to at least a
+            checkpoint's stored value.
+        init_logit_bias: when set, the model has a learnable logit bias (SigLIP) starting here; None: none.
         name: the registry name this config came from (informational).
     """
 
@@ -126,6 +128,7 @@ class ModelConfig:
     text: TextConfig = field(default_factory=TextConfig)
     init_logit_scale: float = math.log(1 / 0.07)
     max_logit_scale: float = math.log(100)
+    init_logit_bias: float | None = None
     name: str = ""
 
 

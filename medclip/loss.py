@@ -1,4 +1,9 @@
-"""Contrastive losses. Losses take feature tensors and the (exp'd) logit scale, never the model.
+"""Contrastive losses, called by name with the model's output: ``get_loss(name)(**model(image, text))``.
+
+Every loss takes ``image_features``, ``text_features``, ``logit_scale`` (exp'd) and ``logit_bias`` (None
+for models without one) — never the model. :data:`LOSSES` is the one registry the recipe's
+``train.loss`` is validated against; :data:`LOSS_MODEL_DEFAULTS` holds what a loss needs the model to
+have (SigLIP: a learnable bias).
 
 ``clip_loss`` is CLIP's symmetric InfoNCE: the mean of the image→text and text→image cross-entropies
 over the ``N × N`` similarity matrix scaled by ``logit_scale``; pair ``i`` is the positive of row ``i``.
@@ -8,14 +13,23 @@ matrix: it walks over blocks of image rows, keeps the row log-sum-exps and an on
 rescaled sum) log-sum-exp per column, and recomputes each block in backward (:class:`TiledInfoNCE`).
 Extra memory is ``O(N·d + block·N)`` instead of ``O(N²)``.
 
+``siglip_loss`` is SigLIP's pairwise sigmoid loss ``Σ_ij softplus(−z_ij (s·I_i·T_j + b)) / N`` (``z`` = +1 on
+the diagonal, −1 elsewhere), streamed the same way (:class:`TiledSigLIP`): row blocks of the logits are
+built once, their loss and gradients accumulated, and backward only rescales the saved ``O(N·d)``
+gradients — no ``N × N`` buffer, three matmuls in all.
+
 ``gather_features`` all-gathers features across processes *with gradients* (as open_clip's
 ``gather_with_grad``), so every rank computes the loss over the global batch.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
+
+from .errors import ConfigError
 
 # Elements of one (block × N) similarity block in the tiled loss: 2**23 floats = 32 MiB per temporary.
 TILE_ELEMENTS = 2 ** 23
@@ -33,13 +47,15 @@ def _check_pair(image_features: torch.Tensor, text_features: torch.Tensor) -> No
                          f"{tuple(image_features.shape)} and {tuple(text_features.shape)}")
 
 
-def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
+              logit_bias: torch.Tensor | None = None) -> torch.Tensor:
     """Symmetric InfoNCE over a batch of paired, L2-normalised features.
 
     Args:
         image_features: ``(N, D)`` image embeddings.
         text_features: ``(N, D)`` text embeddings, row ``i`` paired with image ``i``.
         logit_scale: scalar ``exp(log_scale)`` (the model's ``logit_scale`` output).
+        logit_bias: ignored: a bias added to every logit cancels in both softmaxes.
 
     Returns:
         Scalar loss ``(CE(image→text) + CE(text→image)) / 2``.
@@ -107,26 +123,117 @@ class TiledInfoNCE(torch.autograd.Function):
 
 
 def tiled_clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale,
-                    block: int | None = None) -> torch.Tensor:
+                    logit_bias: torch.Tensor | None = None, block: int | None = None) -> torch.Tensor:
     """Memory-lean symmetric InfoNCE, equal to :func:`clip_loss` (values and gradients, fp32 inside).
 
     Args:
         image_features: ``(N, D)`` image embeddings (normalised).
         text_features: ``(N, D)`` text embeddings, row ``i`` paired with image ``i``.
         logit_scale: scalar ``exp(log_scale)``, a tensor (may require grad) or a float.
+        logit_bias: ignored (cancels in the softmaxes).
         block: image rows per block; default keeps each ``block × N`` buffer at 32 MiB.
 
     Returns:
         Scalar fp32 loss.
     """
     _check_pair(image_features, text_features)
-    if not torch.is_tensor(logit_scale):
-        logit_scale = torch.tensor(float(logit_scale), device=image_features.device)
+    logit_scale = _scalar(logit_scale, image_features)
     with torch.autocast(image_features.device.type, enabled=False):  # the Function keeps its own precision
-        return TiledInfoNCE.apply(image_features, text_features, logit_scale.reshape(()), block)
+        return TiledInfoNCE.apply(image_features, text_features, logit_scale, block)
 
 
-LOSSES = {"dense": clip_loss, "tiled": tiled_clip_loss}
+def _scalar(value, like: torch.Tensor) -> torch.Tensor:
+    """A 0-d tensor from a float or a (1-element) tensor."""
+    if not torch.is_tensor(value):
+        return torch.tensor(float(value), device=like.device)
+    return value.reshape(())
+
+
+class TiledSigLIP(torch.autograd.Function):
+    """SigLIP's sigmoid loss over row blocks, exact, with its gradients computed in the same pass.
+
+    With ``L = s · I Tᵀ + b``: ``loss = (Σ_ij softplus(L_ij) − Σ_i L_ii) / N`` (``softplus(−x) = softplus(x) − x``
+    turns the positive pairs into a diagonal correction) and ``∂loss/∂L = (σ(L) − Id) / N``. Each block of
+    ``L`` is used once for the loss and the four gradients, which are saved (``O(N·d)``) for backward.
+    """
+
+    @staticmethod
+    def forward(ctx, image_features, text_features, logit_scale, logit_bias, block, need_grad):
+        dtype = torch.promote_types(image_features.dtype, torch.float32)
+        img, txt = image_features.to(dtype), text_features.to(dtype)
+        scale, bias = logit_scale.to(dtype), logit_bias.to(dtype)
+        n = img.shape[0]
+        positives = (img * txt).sum(dim=1)  # the diagonal's cosine similarities
+        total = -(scale * positives + bias).sum()
+        grad_img, grad_txt = (torch.empty_like(img), torch.zeros_like(txt)) if need_grad else (None, None)
+        scaled, sig_sum = img * scale, img.new_zeros(())
+        for start, end in _blocks(n, block):
+            logits = torch.addmm(bias, scaled[start:end], txt.T)  # (b, N): the only O(b·N) buffers
+            total = total + F.softplus(logits).sum()
+            if need_grad:
+                sig = logits.sigmoid_()
+                grad_img[start:end] = sig @ txt
+                grad_txt.addmm_(sig.T, img[start:end])
+                sig_sum = sig_sum + sig.sum()
+        if need_grad:  # Σ_ij σ_ij I_i·T_j = Σ_i (σ T)_i · I_i: the scale's gradient without another N² pass
+            sig_dot = (grad_img * img).sum()
+            grads = ((grad_img - txt) * scale / n, (grad_txt - img) * scale / n,
+                     (sig_dot - positives.sum()) / n, (sig_sum - n) / n)
+            ctx.save_for_backward(*grads)
+        ctx.dtypes = (image_features.dtype, text_features.dtype, logit_scale.dtype, logit_bias.dtype)
+        return total / n
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grads = [g * grad_loss for g in ctx.saved_tensors]
+        return (*(g.to(dt) for g, dt in zip(grads, ctx.dtypes)), None, None)
+
+
+def siglip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale,
+                logit_bias=None, block: int | None = None) -> torch.Tensor:
+    """SigLIP's sigmoid loss, equal to open_clip's ``SigLipLoss`` on one process (values and gradients).
+
+    ``Σ_ij −log σ(z_ij (s · I_i·T_j + b)) / N`` with ``z`` = +1 for the pair and −1 otherwise; every
+    image-text pair is its own binary problem, so over gathered features the loss of the global batch
+    is the sum over all ``N²`` pairs. Memory: ``O(N·d + block·N)``, never the ``N × N`` logits.
+
+    Args:
+        image_features: ``(N, D)`` image embeddings (normalised).
+        text_features: ``(N, D)`` text embeddings, row ``i`` paired with image ``i``.
+        logit_scale: scalar ``exp(log_scale)`` (tensor or float).
+        logit_bias: the learnable bias ``b`` (required: SigLIP models have one; see LOSS_MODEL_DEFAULTS).
+        block: image rows per block; default keeps each ``block × N`` buffer at 32 MiB.
+
+    Returns:
+        Scalar fp32 (or fp64) loss.
+    """
+    _check_pair(image_features, text_features)
+    if logit_bias is None:
+        raise ConfigError("the siglip loss needs a model with a logit_bias (model.init_logit_bias; recipes with "
+                          "train.loss: siglip add one, initialised at -10)")
+    scale, bias = _scalar(logit_scale, image_features), _scalar(logit_bias, image_features)
+    need_grad = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (image_features, text_features, scale, bias))
+    with torch.autocast(image_features.device.type, enabled=False):
+        return TiledSigLIP.apply(image_features, text_features, scale, bias, block, need_grad)
+
+
+# name -> loss(image_features, text_features, logit_scale, logit_bias=None); train.loss is checked against it
+LOSSES = {"dense": clip_loss, "tiled": tiled_clip_loss, "siglip": siglip_loss}
+# what a loss needs the model to have (applied to a recipe's model config when it has no logit_bias):
+# open_clip's SigLIP defaults, log scale ln 10 and bias -10
+LOSS_MODEL_DEFAULTS = {"siglip": {"init_logit_scale": math.log(10), "init_logit_bias": -10.0}}
+
+
+def get_loss(name: str):
+    """The loss registered as ``name``; call it with the model's output, ``loss(**out)``.
+
+    Raises:
+        ConfigError: ``name`` is not in :data:`LOSSES`.
+    """
+    if name not in LOSSES:
+        raise ConfigError(f"train.loss must be one of {', '.join(LOSSES)}; got '{name}'")
+    return LOSSES[name]
 
 
 def gather_features(image_features: torch.Tensor, text_features: torch.Tensor):

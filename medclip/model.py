@@ -1,7 +1,8 @@
 """The CLIP model: an image tower, a text tower and a learnable temperature.
 
-``forward(image, text)`` returns a dict (``image_features``, ``text_features``, ``logit_scale``) as
-open_clip does; the loss lives in :mod:`medclip.loss`. A model folder written by
+``forward(image, text)`` returns a dict (``image_features``, ``text_features``, ``logit_scale`` and, for
+models with one, ``logit_bias``) as open_clip does; the loss lives in :mod:`medclip.loss` and is called
+with that dict (``loss(**out)``). A model folder written by
 :meth:`CLIP.save_pretrained` holds ``config.json`` and ``model.safetensors`` — no pickles.
 """
 
@@ -41,6 +42,9 @@ class CLIP(nn.Module):
         else:
             self.text = CLIPTextTransformer(config.text, config.embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
+        self.logit_bias = None
+        if config.init_logit_bias is not None:
+            self.logit_bias = nn.Parameter(torch.tensor(float(config.init_logit_bias)))
 
     def encode_image(self, image: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """Image embeddings ``(B, embed_dim)``, L2-normalised by default."""
@@ -62,13 +66,21 @@ class CLIP(nn.Module):
         """``exp`` of the log temperature, clamped at ``exp(max_logit_scale)`` (100)."""
         return self.logit_scale.clamp(max=self.config.max_logit_scale).exp()
 
+    def logit_params(self) -> dict:
+        """The scalar outputs: ``logit_scale`` (exp'd, clamped) and ``logit_bias`` where the model has one."""
+        out = {"logit_scale": self.get_logit_scale()}
+        if self.logit_bias is not None:
+            out["logit_bias"] = self.logit_bias
+        return out
+
     def forward(self, image: torch.Tensor | None = None, text: torch.Tensor | None = None) -> dict:
         """Encode whichever of ``image`` / ``text`` is given.
 
         Returns:
-            dict with ``image_features`` and/or ``text_features`` (normalised) and ``logit_scale``.
+            dict with ``image_features`` and/or ``text_features`` (normalised), ``logit_scale`` and, for
+            models with a bias (SigLIP), ``logit_bias``: the keyword arguments of every loss.
         """
-        out = {"logit_scale": self.get_logit_scale()}
+        out = self.logit_params()
         if image is not None:
             out["image_features"] = self.encode_image(image)
         if text is not None:

@@ -1,12 +1,16 @@
-"""The tiled InfoNCE equals the dense loss (values and gradients) and open_clip's ClipLoss."""
+"""The tiled InfoNCE equals the dense loss and open_clip's ClipLoss; the streamed SigLIP loss equals open_clip's
+SigLipLoss (values and gradients); the loss registry."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from medclip.loss import clip_loss, gather_features, tiled_clip_loss
+from medclip.errors import ConfigError
+from medclip.loss import LOSSES, clip_loss, gather_features, get_loss, siglip_loss, tiled_clip_loss
 
 
 def _features(n, d, dtype=torch.float64, seed=0):
@@ -71,3 +75,70 @@ def test_gather_without_process_group_is_identity():
     a, b = torch.randn(3, 4), torch.randn(3, 4)
     ga, gb = gather_features(a, b)
     assert ga is a and gb is b
+
+
+# ---- SigLIP ----
+
+def _siglip_inputs(n, d, dtype, seed=2):
+    img, txt, _ = _features(n, d, dtype=dtype, seed=seed)
+    scale = torch.tensor(10.0, dtype=dtype, requires_grad=True)
+    bias = torch.tensor(-7.3, dtype=dtype, requires_grad=True)
+    return img, txt, scale, bias
+
+
+def _grads4(loss, inputs):
+    return (loss, *torch.autograd.grad(loss, inputs))
+
+
+def test_siglip_matches_open_clip_siglip_loss_fp32():
+    from open_clip.loss import SigLipLoss
+
+    inputs = _siglip_inputs(300, 48, torch.float32)
+    ref = _grads4(SigLipLoss()(*inputs), inputs)
+    ours = _grads4(siglip_loss(*inputs, block=64), inputs)
+    for a, b in zip(ref, ours):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    assert ref[0].item() > 0 and ref[4].abs() > 0  # a real loss; the bias gets a gradient
+
+
+@pytest.mark.parametrize("n,block", [(1, None), (9, 4), (130, 130), (130, 17)])
+def test_siglip_blocks_equal_dense_reference_fp64(n, block):
+    from open_clip.loss import SigLipLoss
+
+    inputs = _siglip_inputs(n, 20, torch.float64, seed=n)
+    ref = _grads4(SigLipLoss()(*inputs), inputs)
+    ours = _grads4(siglip_loss(*inputs, block=block), inputs)
+    for a, b in zip(ref, ours):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
+
+
+def test_siglip_needs_a_bias_and_runs_without_grad():
+    img, txt, scale, bias = _siglip_inputs(16, 8, torch.float32)
+    with pytest.raises(ConfigError, match="logit_bias"):
+        siglip_loss(img, txt, scale)
+    with torch.no_grad():
+        value = siglip_loss(img, txt, scale, bias)
+    assert torch.isclose(value, siglip_loss(img, txt, scale, bias).detach())
+
+
+def test_registry_names_and_model_output_call():
+    import medclip
+    from medclip.train.config import recipe_from_dict
+
+    with pytest.raises(ConfigError, match="siglip"):
+        get_loss("sigmoid")
+    with pytest.raises(ConfigError, match="train.loss"):
+        recipe_from_dict({"model": "tiny-vit", "train": {"loss": "nope"}})
+    recipe = recipe_from_dict({"model": "tiny-vit", "train": {"loss": "siglip"}})
+    assert recipe.model.init_logit_bias == -10.0 and abs(recipe.model.init_logit_scale - math.log(10)) < 1e-12
+    torch.manual_seed(0)
+    model = medclip.create_model(recipe.model)
+    out = model(torch.randn(4, 1, 64, 64), medclip.get_tokenizer(recipe.model)(["a", "b", "c", "d"]))
+    assert set(out) == {"image_features", "text_features", "logit_scale", "logit_bias"}
+    for name in LOSSES:
+        loss = get_loss(name)(**out)
+        loss.backward(retain_graph=True)
+        assert torch.isfinite(loss)
+    assert model.logit_bias.grad is not None and model.logit_bias.grad != 0  # siglip moved the bias
+    plain = medclip.create_model("tiny-vit")(torch.randn(2, 1, 64, 64))
+    assert "logit_bias" not in plain

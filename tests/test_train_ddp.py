@@ -1,4 +1,5 @@
-"""Two CPU processes (torchrun, gloo) on batch 4 each equal one process on the batch of 8, within 1e-5."""
+"""Two CPU processes (torchrun, gloo) on batch 4 each equal one process on the batch of 8, within 1e-5
+(tiled InfoNCE and SigLIP, plain step and GradCache)."""
 
 from __future__ import annotations
 
@@ -7,17 +8,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 HERE = Path(__file__).resolve().parent
 
 
+@pytest.mark.slow  # ~50 s on 2 cores: 8 torchrun steps
 def test_two_process_gloo_equals_one_process_double_batch(tmp_path):
     sys.path.insert(0, str(HERE))
     from train_ddp_worker import step_grads
 
-    single, _ = step_grads(0)
+    singles = {loss: step_grads(0, loss)[0] for loss in ("tiled", "siglip")}
     out = tmp_path / "ddp.safetensors"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
@@ -25,11 +28,15 @@ def test_two_process_gloo_equals_one_process_double_batch(tmp_path):
                           capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ddp = load_file(str(out))
-    grads = [k for k in single if k.startswith("grad.")]
-    assert len(grads) > 10 and "grad.logit_scale" in grads
-    total = torch.cat([single[k].flatten() for k in grads]).norm()
-    for chunk in (0, 3):  # plain DDP step and GradCache under DDP
-        torch.testing.assert_close(ddp[f"chunk{chunk}.loss"], single["loss"], rtol=1e-5, atol=0)
+    assert "grad.logit_bias" in singles["siglip"] and "grad.logit_bias" not in singles["tiled"]
+    for (loss, chunk), single in ((key, singles[key[0]]) for key in
+                                  (("tiled", 0), ("tiled", 3), ("siglip", 0), ("siglip", 3))):
+        # plain DDP step and GradCache under DDP, for InfoNCE and SigLIP (whose bias GradCache must carry)
+        grads = [k for k in single if k.startswith("grad.")]
+        assert len(grads) > 10 and "grad.logit_scale" in grads
+        total = torch.cat([single[k].flatten() for k in grads]).norm()
+        prefix = f"{loss}.chunk{chunk}"
+        torch.testing.assert_close(ddp[f"{prefix}.loss"], single["loss"], rtol=1e-5, atol=0)
         for k in grads:
-            err = (ddp[f"chunk{chunk}.{k}"] - single[k]).norm() / torch.maximum(single[k].norm(), 1e-3 * total)
-            assert err < 1e-5, f"chunk {chunk} {k}: relative error {err:.2e}"
+            err = (ddp[f"{prefix}.{k}"] - single[k]).norm() / torch.maximum(single[k].norm(), 1e-3 * total)
+            assert err < 1e-5, f"{prefix} {k}: relative error {err:.2e}"

@@ -2,7 +2,8 @@
 
 Every rank builds the same tiny model and the same global batch of 8 and takes its contiguous slice
 (as ShardedBatchSampler does); rank 0 writes the loss and the DDP-averaged gradients, for the plain
-step and for the GradCache step, to the safetensors file named on the command line.
+step and for the GradCache step, with the tiled InfoNCE and with the SigLIP loss, to the safetensors
+file named on the command line.
 """
 
 from __future__ import annotations
@@ -28,11 +29,12 @@ def global_batch(n: int = 8) -> dict:
     return {"image": torch.randn(n, 1, 64, 64, generator=g), "text": tokens}
 
 
-def step_grads(gradcache_chunk: int = 0) -> dict:
+def step_grads(gradcache_chunk: int = 0, loss: str = "tiled") -> dict:
     """Loss and gradients of one step on this rank's slice of the global batch."""
     torch.set_num_threads(1)
     info = init_distributed("cpu")
-    recipe = recipe_from_dict({"model": "tiny-vit", "train": {"seed": 0, "gradcache_chunk": gradcache_chunk}})
+    recipe = recipe_from_dict({"model": "tiny-vit",
+                               "train": {"seed": 0, "gradcache_chunk": gradcache_chunk, "loss": loss}})
     model, core = build_model(recipe, info)
     batch = global_batch()
     size = batch["image"].shape[0] // info.world_size
@@ -46,9 +48,10 @@ def step_grads(gradcache_chunk: int = 0) -> dict:
 
 if __name__ == "__main__":
     results = {}
-    for chunk in (0, 3):
-        out, info = step_grads(chunk)
-        results.update({f"chunk{chunk}.{k}": v for k, v in out.items()})
+    for loss in ("tiled", "siglip"):
+        for chunk in (0, 3):
+            out, info = step_grads(chunk, loss)
+            results.update({f"{loss}.chunk{chunk}.{k}": v for k, v in out.items()})
     if info.is_main:
         save_file(results, sys.argv[1])
     cleanup_distributed()

@@ -13,11 +13,13 @@ directory** — run ``medclip pretrain`` from the repository root, as the shippe
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 
 from ..config import ModelConfig, apply_overrides, from_dict, load_yaml, to_dict
 from ..errors import ConfigError
+from ..loss import LOSS_MODEL_DEFAULTS, get_loss
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 logger = logging.getLogger("medclip.train")
@@ -47,7 +49,9 @@ class TrainConfig:
         clip_grad: gradient-norm clip (0 = off).
         precision: ``auto`` (CUDA: bf16 where supported, else fp16 + GradScaler; CPU: fp32), ``fp32``,
             ``bf16`` or ``fp16`` (CUDA only).
-        loss: ``dense`` (N × N logits) or ``tiled`` (exact, O(N·d) memory, see medclip.loss).
+        loss: a name from ``medclip.loss.LOSSES``: ``dense`` (N × N logits), ``tiled`` (the same InfoNCE,
+            exact, O(N·d) memory) or ``siglip`` (sigmoid loss, exact, O(N·d); the model gets a learnable
+            ``logit_bias`` at -10 and log scale ln 10 unless its config sets ``init_logit_bias``).
         lock_image: freeze the image tower.
         train_image_head: with ``lock_image``, still train the image projection head (LiT locks the
             pretrained trunk; a freshly initialised head is not pretrained, so it learns with the text tower).
@@ -102,8 +106,7 @@ class TrainConfig:
                     raise ConfigError(f"train.{name} must be a number, got '{value}'") from None
         if self.precision not in PRECISIONS:
             raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)}; got '{self.precision}'")
-        if self.loss not in ("dense", "tiled"):
-            raise ConfigError(f"train.loss must be 'dense' or 'tiled'; got '{self.loss}'")
+        get_loss(self.loss)  # one registry: an unknown name is a ConfigError listing the choices
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"train.device must be auto, cpu or cuda; got '{self.device}'")
         for name in ("epochs", "batch_size", "accumulation", "keep_last_k", "log_every"):
@@ -161,8 +164,10 @@ def recipe_from_dict(data: dict, where: str = "recipe") -> Recipe:
         raise ConfigError(f"{where}: missing 'model' section (e.g. model: tiny-vit)")
     model = build_model_config(data["model"])
     data_section, train_section = _split_batch_size(data.get("data"), data.get("train"), where)
-    return Recipe(model=model, data=from_dict(DataConfig, data_section, "data"),
-                  train=from_dict(TrainConfig, train_section, "train"), raw=data)
+    train = from_dict(TrainConfig, train_section, "train")
+    if train.loss in LOSS_MODEL_DEFAULTS and model.init_logit_bias is None:  # e.g. siglip: add its bias
+        model = dataclasses.replace(model, **LOSS_MODEL_DEFAULTS[train.loss])
+    return Recipe(model=model, data=from_dict(DataConfig, data_section, "data"), train=train, raw=data)
 
 
 def _split_batch_size(data: dict | None, train: dict | None, where: str) -> tuple[dict | None, dict | None]:

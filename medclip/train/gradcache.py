@@ -4,7 +4,7 @@ Gao et al. 2021, "Scaling Deep Contrastive Learning Batch Size under Memory Limi
 
 1. embed the batch chunk by chunk **without** an autograd graph (remembering each chunk's RNG state);
 2. compute the loss over the whole batch (gathered over processes) and its gradient w.r.t. the
-   *features* and the temperature only;
+   *features* and the model's scalar outputs (``logit_scale``, ``logit_bias``) only;
 3. re-run each chunk **with** a graph under the replayed RNG state (same dropout masks) and
    back-propagate the cached feature gradients into the towers.
 
@@ -49,7 +49,7 @@ def gradcache_backward(model, images: torch.Tensor, texts: torch.Tensor, chunk: 
         images: ``(B, C, H, W)`` batch on the model's device.
         texts: ``(B, L)`` token ids.
         chunk: samples per forward pass.
-        loss_fn: ``(image_features, text_features, logit_scale) -> scalar``.
+        loss_fn: called with the model's output dict (``loss_fn(**out)``) over the whole batch.
         autocast: zero-argument callable returning the autocast context of the run's precision.
         scaler: the GradScaler (disabled outside fp16).
         loss_divisor: the loss is divided by this before backward (gradient accumulation).
@@ -70,9 +70,9 @@ def gradcache_backward(model, images: torch.Tensor, texts: torch.Tensor, chunk: 
             text_chunks.append(out["text_features"].float())
     image_features = torch.cat(image_chunks).requires_grad_()
     text_features = torch.cat(text_chunks).requires_grad_()
-    logit_scale = out["logit_scale"].detach().float().requires_grad_()
+    scalars = {k: v.detach().float().requires_grad_() for k, v in out.items() if v.ndim == 0}
     all_image, all_text = gather_features(image_features, text_features)
-    loss = loss_fn(all_image, all_text, logit_scale)
+    loss = loss_fn(image_features=all_image, text_features=all_text, **scalars)
     scaler.scale(loss / loss_divisor).backward()  # only to features and temperature: no tower graph exists
     for k, (s, state) in enumerate(zip(starts, states)):
         last = k == len(starts) - 1
@@ -81,6 +81,6 @@ def gradcache_backward(model, images: torch.Tensor, texts: torch.Tensor, chunk: 
                 out = model(images[s:s + chunk], texts[s:s + chunk])
             surrogate = (out["image_features"].float() * image_features.grad[s:s + chunk]).sum() \
                 + (out["text_features"].float() * text_features.grad[s:s + chunk]).sum() \
-                + out["logit_scale"] * (logit_scale.grad if last else 0.0)
+                + sum(out[k] * (g.grad if last and g.grad is not None else 0.0) for k, g in scalars.items())
             surrogate.backward()
     return loss.detach()

@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from ..errors import MedclipError
-from ..loss import LOSSES, gather_features
+from ..loss import gather_features, get_loss
 from ..version import __version__
 from .build import autocast_context, build_data, build_model, resolve_precision, seed_everything, set_train_mode
 from .build import train_loader as make_loader
@@ -41,7 +41,7 @@ def forward_backward(model, batch: dict, cfg, device, precision: str, scaler, lo
     """Loss of one micro-batch over the global batch; gradients accumulate into ``.grad``."""
     images = batch["image"].to(device, non_blocking=True)
     texts = batch["text"].to(device, non_blocking=True)
-    loss_fn = LOSSES[cfg.loss]
+    loss_fn = get_loss(cfg.loss)
     if cfg.gradcache_chunk:
         autocast = partial(autocast_context, device, precision)
         return float(gradcache_backward(model, images, texts, cfg.gradcache_chunk, loss_fn, autocast, scaler,
@@ -50,8 +50,9 @@ def forward_backward(model, batch: dict, cfg, device, precision: str, scaler, lo
         # ---- mixed precision: forward and loss under autocast (fp32 on CPU: a no-op context) ----
         with autocast_context(device, precision):
             out = model(images, texts)
-            image_features, text_features = gather_features(out["image_features"], out["text_features"])
-            loss = loss_fn(image_features, text_features, out["logit_scale"])
+            out["image_features"], out["text_features"] = gather_features(out["image_features"],
+                                                                          out["text_features"])
+            loss = loss_fn(**out)
         # ---- backward outside autocast; GradScaler scales only for fp16 (disabled otherwise) ----
         scaler.scale(loss / loss_divisor).backward()
     return loss.item()
@@ -131,7 +132,7 @@ class Run:
         """Validation metrics on rank 0 (logged), ``best/`` when the validation loss improves."""
         if self.info.is_main and self.val_loader is not None:
             autocast = partial(autocast_context, self.device, self.precision)
-            self.metrics = validate(self.core, self.val_loader, self.device, autocast, LOSSES[self.cfg.loss],
+            self.metrics = validate(self.core, self.val_loader, self.device, autocast, get_loss(self.cfg.loss),
                                     self.cfg.batch_size)
             self.logger.log({"step": self.step, "epoch": self.epoch, **self.metrics})
             if self.best_val_loss is None or self.metrics["val_loss"] < self.best_val_loss:

@@ -31,13 +31,13 @@ def validate(model, loader, device: torch.device, autocast, loss_fn, batch_size:
         images.append(out["image_features"].float().cpu())
         texts.append(out["text_features"].float().cpu())
     img, txt = torch.cat(images), torch.cat(texts)
-    scale = model.get_logit_scale().detach().float().cpu()
+    scalars = {k: v.detach().float().cpu() for k, v in model.logit_params().items()}
     chunks = [(s, min(s + batch_size, len(img))) for s in range(0, len(img), batch_size)]
     chunks = [c for c in chunks if c[1] - c[0] > 1] or [(0, len(img))]
-    loss = sum(float(loss_fn(img[a:b], txt[a:b], scale)) for a, b in chunks) / len(chunks)
+    loss = sum(float(loss_fn(img[a:b], txt[a:b], **scalars)) for a, b in chunks) / len(chunks)
     reports = list(loader.dataset.texts)
     metrics = embedding_metrics(img, txt, reports) if len(img) > 1 else {}
-    out = {"val_loss": loss, "logit_scale": float(scale), "val_n": len(img),
+    out = {"val_loss": loss, "logit_scale": float(scalars["logit_scale"]), "val_n": len(img),
            "val_n_distinct_texts": len(set(" ".join(t.split()) for t in reports))}
     out.update({f"val_{k}": float(v) for k, v in metrics.items() if k != "n"})
     for k in (1, 5, 10):
