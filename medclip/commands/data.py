@@ -25,9 +25,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="column name mapping, e.g. --column image=path --column labels=a,b (repeatable)")
         p.add_argument("--sections", default="findings,impression",
                        help="report sections used as text, comma-separated; 'all' = whole report")
+    from .data_scale import add_parsers
+
+    add_parsers(sub)  # import (public corpora)
 
 
 def run(args: argparse.Namespace) -> int:
+    from . import data_scale
+
+    if args.action in data_scale.ACTIONS:
+        return data_scale.run(args)
     return _check(args) if args.action == "check" else _split(args)
 
 
