@@ -144,8 +144,8 @@ def test_training_manifests_train_one_step(corpora, tmp_path, capsys, name):
                    "iu-xray": (corpora["iu-png"], ["--reports", str(corpora["iu-reports"])])}[name]
     manifest = tmp_path / "manifest.csv"
     assert main(["data", "import", name, str(root), "--output", str(manifest), *extra]) == 0
-    recipe = demo_recipe_dict(manifest, epochs=1, max_steps=1, eval_every=0)
-    recipe["data"].update(batch_size=4, sections=["findings", "impression"] if name != "padchest" else None)
+    recipe = demo_recipe_dict(manifest, epochs=1, max_steps=1, eval_every=0, batch_size=4)
+    recipe["data"]["sections"] = ["findings", "impression"] if name != "padchest" else None
     result = train(recipe_from_dict(recipe), str(tmp_path / "run"))
     assert result["step"] == 1 and math.isfinite(result["last_loss"])
     assert pd.read_csv(tmp_path / "run" / "quarantine.csv").empty
