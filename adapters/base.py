@@ -9,13 +9,18 @@ manifest subsets (pandas frames with an ``image`` column and label columns); the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import typing
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 import torch
+from torch import nn
 
+from medclip.config import from_dict
 from medclip.errors import ConfigError, DataError, MissingFileError
 from medclip.eval.task import Task
 
@@ -37,12 +42,56 @@ def selection_score(task: Task, scores, y: np.ndarray) -> tuple[float, float]:
     return task.label_kind.selection_metric(scores, y), -nll
 
 
+class Buffers(nn.Module):
+    """Named tensors held as buffers: the learnable state of methods that store arrays, not layers."""
+
+    def __init__(self, **tensors: torch.Tensor):
+        super().__init__()
+        for name, tensor in tensors.items():
+            self.register_buffer(name, torch.as_tensor(tensor).detach().clone())
+
+
+def method_config(cls: type, options: dict, where: str):
+    """The typed config dataclass ``cls`` from ``options`` (strict :func:`medclip.config.from_dict`).
+
+    Unknown keys and values of the wrong type (``lr: abc``) raise a one-line
+    :class:`~medclip.errors.ConfigError`; ints are accepted where a float is expected.
+    """
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(options) - set(names))
+    if unknown:
+        raise ConfigError(f"{where}: unknown option(s) {unknown} (valid: {sorted(names)})")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for key, value in options.items():
+        allowed = [t for t in typing.get_args(hints[key]) or (hints[key],) if t is not type(None)]
+        if value is None and len(allowed) < len(typing.get_args(hints[key]) or (hints[key],)):
+            values[key] = None
+        elif float in allowed and isinstance(value, (int, float)) and not isinstance(value, bool):
+            values[key] = float(value)
+        elif int in allowed and isinstance(value, float) and value.is_integer():
+            values[key] = int(value)
+        elif any(isinstance(value, t) and not (t is int and isinstance(value, bool)) for t in allowed):
+            values[key] = value
+        else:
+            names_ = " or ".join(t.__name__ for t in allowed)
+            raise ConfigError(f"{where}.{key} must be {names_}, got {value!r}")
+    return from_dict(cls, values, where)
+
+
+@dataclass
+class NoOptions:
+    """A method without hyperparameters."""
+
+
 class FewShotMethod:
     """Base class: adapt a frozen CLIP model to a task from a few labelled images.
 
-    Subclasses set ``name`` and ``defaults`` (their hyperparameters) and implement ``_fit``,
-    ``_scores`` (per-class logits ``(N, K)`` from the test frame's images), ``state_dict`` and
-    ``load_state_dict``. Unknown hyperparameters raise :class:`~medclip.errors.ConfigError`.
+    Subclasses set ``name`` and ``config_class`` (a dataclass of their hyperparameters), implement
+    ``_fit`` (which sets :attr:`module`, an ``nn.Module`` holding every learned tensor) and ``_scores``
+    (per-class logits ``(N, K)`` of the test frame's images), and, when their module has parameters
+    whose shapes a saved state cannot give, ``empty_module``. Saving and loading are shared: the
+    module's ``state_dict`` in safetensors.
 
     Args:
         model: a medclip CLIP model; never modified (its towers stay bit-identical).
@@ -51,25 +100,32 @@ class FewShotMethod:
         tokenizer: the model's tokenizer (defaults to ``medclip.get_tokenizer(model.config)``).
         seed: seeds initialisation and shuffling.
         progress: show tqdm bars.
-        **hparams: method hyperparameters overriding ``defaults``.
+        **hparams: method hyperparameters (fields of ``config_class``); unknown ones raise ConfigError.
     """
 
     name: ClassVar[str] = ""
-    defaults: ClassVar[dict] = {}
+    summary: ClassVar[str] = ""  # one line for the command list
+    config_class: ClassVar[type] = NoOptions
 
     def __init__(self, model, task: Task, cache: FeatureCache | None = None, tokenizer=None, seed: int = 0,
                  progress: bool = False, **hparams):
-        unknown = sorted(set(hparams) - set(self.defaults))
-        if unknown:
-            raise ConfigError(f"{self.name}: unknown option(s) {unknown} (valid: {sorted(self.defaults)})")
+        self.config = method_config(self.config_class, hparams, self.name)
         self.model, self.task, self.seed, self.progress = model, task, seed, progress
         self.cache = cache if cache is not None else FeatureCache()
         self._tokenizer = tokenizer
-        self.hparams = {**self.defaults, **hparams}
+        self.module: nn.Module | None = None
         self.history: list[float] = []  # training loss per epoch/iteration, for curves and tests
         self.budget: dict = {}  # what the run actually used (epochs, iterations) for the results CSV
         self.selected: dict = {}  # values chosen on validation (C, alpha, beta)
         self.fitted = False
+
+    @classmethod
+    def option_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls.config_class)]
+
+    @property
+    def hparams(self) -> dict:
+        return dataclasses.asdict(self.config)
 
     # -- helpers shared by methods
     @property
@@ -103,6 +159,8 @@ class FewShotMethod:
             raise DataError(f"{self.name}: the training split is empty")
         with frozen(self.model):
             self._fit(train, val)
+        if self.module is not None:
+            self.module.eval()
         self.fitted = True
         return self
 
@@ -113,33 +171,50 @@ class FewShotMethod:
             return self.task.probs(self._scores(test).float()).cpu().numpy().astype(np.float64)
 
     def save(self, folder: str) -> None:
-        """Write ``method.json`` (name, hyperparameters, task, selected values) and the learned weights."""
-        from safetensors.torch import save_file
-
+        """Write ``method.json`` (name, hyperparameters, task, selected values) and the module's weights."""
         os.makedirs(folder, exist_ok=True)
         meta = {"method": self.name, "hparams": self.hparams, "task": self.task.to_dict(), "seed": self.seed,
                 "selected": self.selected, "budget": self.budget}
         with open(os.path.join(folder, METHOD_FILE), "w", encoding="utf-8") as f:
             json.dump(meta, f, indent=2, default=str)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        if state:
-            save_file(state, os.path.join(folder, WEIGHTS_FILE), metadata={"method": self.name})
+        self.save_module(folder)
 
     def load(self, folder: str) -> FewShotMethod:
         """Restore what :meth:`save` wrote (same method and task) onto this instance."""
-        from safetensors.torch import load_file
-
         meta = read_method_meta(folder)
         if meta["method"] != self.name:
             raise ConfigError(f"{folder} holds a '{meta['method']}' adapter, not '{self.name}'")
         if meta["task"]["classes"] != list(self.task.classes) or meta["task"]["kind"] != self.task.kind:
             raise ConfigError(f"{folder} was trained for {meta['task']['kind']}-label classes "
                               f"{meta['task']['classes']}, not {self.task.kind}-label {list(self.task.classes)}")
-        self.hparams, self.selected, self.budget = meta["hparams"], meta["selected"], meta["budget"]
-        weights = os.path.join(folder, WEIGHTS_FILE)
-        self.load_state_dict(load_file(weights) if os.path.exists(weights) else {})
+        self.config = method_config(self.config_class, meta["hparams"], f"{folder}/{METHOD_FILE}")
+        self.selected, self.budget = meta["selected"], meta["budget"]
+        self.module = self.load_module(folder)
+        self.module.eval()
         self.fitted = True
         return self
+
+    def save_module(self, folder: str) -> None:
+        """The module's ``state_dict`` as ``weights.safetensors`` (nothing when it holds no tensors)."""
+        from safetensors.torch import save_file
+
+        state = {k: v.detach().contiguous().cpu() for k, v in (self.module.state_dict() if self.module else {}).items()}
+        if state:
+            save_file(state, os.path.join(folder, WEIGHTS_FILE), metadata={"method": self.name})
+
+    def load_module(self, folder: str) -> nn.Module:
+        """The module :meth:`save_module` wrote, rebuilt by :meth:`empty_module` and loaded strictly."""
+        from safetensors.torch import load_file
+
+        weights = os.path.join(folder, WEIGHTS_FILE)
+        state = load_file(weights) if os.path.exists(weights) else {}
+        module = self.empty_module(state)
+        try:
+            module.load_state_dict(state)
+        except RuntimeError as exc:
+            raise ConfigError(f"{weights} does not fit this {self.name} config "
+                              f"({str(exc).splitlines()[-1].strip()})") from None
+        return module
 
     # -- what subclasses implement
     def _fit(self, train, val) -> None:
@@ -148,11 +223,9 @@ class FewShotMethod:
     def _scores(self, test) -> torch.Tensor:
         raise NotImplementedError
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        return None
+    def empty_module(self, state: dict[str, torch.Tensor]) -> nn.Module:
+        """A module of the right shapes to load ``state`` into (default: the saved tensors as buffers)."""
+        return Buffers(**state)
 
 
 _METHODS: dict[str, type[FewShotMethod]] = {}

@@ -1,6 +1,7 @@
-"""Command functions behind ``medclip coop|probe|clip-adapter|tip-adapter|lora|fewshot``.
+"""Command functions behind ``medclip <method>`` (one per registered method) and ``medclip fewshot``.
 
-``medclip/commands/fewshot.py`` forwards here (importing this package only when such a command runs).
+``medclip/commands/fewshot.py`` forwards here (importing this package only when such a command runs);
+the command list comes from the method registry (:func:`command_help`).
 One method: ``medclip coop --model DIR --manifest M --classes C.yaml --shots 16 --seed 1 --output DIR``.
 The grid: ``medclip fewshot --methods all --shots 1,2,4,8,16 --seeds 1,2,3,4,5 ...``.
 """
@@ -12,20 +13,34 @@ import os
 
 from medclip.errors import ConfigError
 
-METHOD_COMMANDS = ("coop", "probe", "clip-adapter", "tip-adapter", "lora")
-GRID_METHODS = ("probe", "coop", "clip-adapter", "tip-adapter", "lora")
+from .base import get_method_class, list_methods
+
+GRID = "fewshot"
+BASELINE = "zeroshot"  # every grid runs it; it is not a command of its own
+
+
+def method_commands() -> list[str]:
+    """The registered few-shot methods that are commands (``medclip coop`` ...): all but the baseline."""
+    return [m for m in list_methods() if m != BASELINE]
+
+
+def command_help() -> dict[str, str]:
+    """command -> one-line help, from the method registry (what ``medclip --help`` lists)."""
+    return {m: get_method_class(m).summary for m in method_commands()}
 
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     """Arguments of ``command`` (a method name or ``fewshot``)."""
+    if command != GRID and command not in method_commands():
+        raise ConfigError(f"unknown few-shot command '{command}' (available: {', '.join(method_commands())})")
     parser.set_defaults(fewshot_command=command)
     parser.add_argument("--model", required=True,
                         help="model folder (save_pretrained), config YAML or architecture name (random weights)")
     parser.add_argument("--manifest", required=True, help="manifest CSV, or a folder with one subfolder per class")
     parser.add_argument("--classes", required=True, help="class file (recipes/classes/*.yaml)")
     parser.add_argument("--output", required=True, help="output folder")
-    if command == "fewshot":
-        parser.add_argument("--methods", default="all", help=f"comma list or 'all' ({','.join(GRID_METHODS)})")
+    if command == GRID:
+        parser.add_argument("--methods", default="all", help=f"comma list or 'all' ({','.join(method_commands())})")
         parser.add_argument("--shots", default="1,2,4,8,16", help="comma list of shots per class")
         parser.add_argument("--seeds", default="1,2,3,4,5", help="comma list of seeds")
     else:
@@ -35,17 +50,20 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--epochs", type=int, help="CPU budget cut: epochs for coop/clip-adapter/tip-adapter -F")
     parser.add_argument("--max-iters", type=int, help="CPU budget cut: LoRA iterations cap")
     parser.add_argument("--max-test", type=int, help="CPU budget cut: evaluate on at most N test images")
-    if command in ("coop", "fewshot"):
+    if command in ("coop", GRID):
         parser.add_argument("--n-ctx", type=int, help="CoOp context length (default 16)")
         parser.add_argument("--ctx-init", help="CoOp context initialisation phrase, e.g. 'a chest x-ray of a'")
         parser.add_argument("--csc", action="store_true", help="CoOp class-specific context")
         parser.add_argument("--class-token-position", choices=("end", "middle", "front"), help="CoOp class token")
-    if command in ("tip-adapter", "fewshot"):
+    if command in ("clip-adapter", GRID):
+        parser.add_argument("--ratio", type=float, help="CLIP-Adapter residual ratio (share of adapted features)")
+    if command in ("tip-adapter", GRID):
         parser.add_argument("--finetune", action="store_true", help="Tip-Adapter-F: fine-tune the cache keys")
-    if command in ("lora", "fewshot"):
+    if command in ("lora", GRID):
         parser.add_argument("--encoder", choices=("auto", "text", "vision", "both"), help="LoRA towers")
     parser.add_argument("--set", action="append", default=[], metavar="[METHOD.]KEY=VALUE",
-                        help="any method hyperparameter (value parsed as YAML), e.g. lr=0.01 or coop.n_ctx=4")
+                        help="any method hyperparameter, in medclip pretrain's --set grammar (value parsed as "
+                             "YAML), e.g. lr=0.01 or coop.n_ctx=4")
     parser.add_argument("--cache-dir", help="image-feature cache folder (default: $MEDCLIP_CACHE_DIR/features)")
     parser.add_argument("--n-bootstrap", type=int, default=None, help="bootstrap resamples for the CIs")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -73,41 +91,38 @@ def load_model(spec: str, device: str = "cpu"):
     raise ConfigError(f"--model {spec}: not a model folder, YAML config or architecture ({medclip.list_models()})")
 
 
+FLAGS = ("epochs", "max_iters", "n_ctx", "ctx_init", "csc", "class_token_position", "ratio", "finetune", "encoder")
+
+
 def method_hparams(args, method: str) -> dict:
-    """Hyperparameter overrides for ``method`` from the flags and ``--set``."""
-    from .base import get_method_class
+    """Hyperparameter overrides for ``method`` from the flags and ``--set``.
 
-    defaults = get_method_class(method).defaults
-    flags = {"epochs": args.epochs, "max_iters": args.max_iters, "n_ctx": getattr(args, "n_ctx", None),
-             "ctx_init": getattr(args, "ctx_init", None), "csc": getattr(args, "csc", False) or None,
-             "class_token_position": getattr(args, "class_token_position", None),
-             "finetune": getattr(args, "finetune", False) or None, "encoder": getattr(args, "encoder", None)}
-    out = {k: v for k, v in flags.items() if v is not None and k in defaults}
-    for item in args.set:
-        import yaml
+    ``--set`` uses :func:`medclip.config.apply_overrides` (``medclip pretrain``'s grammar): ``KEY=VALUE``
+    applies to the method (in a grid: to every method that has ``KEY``), ``METHOD.KEY=VALUE`` to one.
+    """
+    from medclip.config import apply_overrides
 
-        if "=" not in item:
-            raise ConfigError(f"--set {item}: expected KEY=VALUE or METHOD.KEY=VALUE")
-        key, value = item.split("=", 1)
-        target, _, name = key.rpartition(".")
-        if target and target != method:
-            continue
-        if name not in defaults and not target and args.fewshot_command == "fewshot":
-            continue  # an unprefixed key in a grid applies to the methods that have it
-        out[name] = yaml.safe_load(value)
+    names = get_method_class(method).option_names()
+    flags = {k: getattr(args, k, None) for k in FLAGS}
+    out = {k: v for k, v in flags.items() if v not in (None, False) and k in names}
+    for key, value in apply_overrides({}, args.set).items():
+        if isinstance(value, dict) and (key == method or key in list_methods()):
+            out.update(value if key == method else {})
+        elif key in names or args.fewshot_command != GRID:
+            out[key] = value  # unknown keys of a single method fail in the method's config
     return out
 
 
 def run(args) -> int:
     """Run one method or the grid; prints AUROC with its 95% CI."""
-    from .base import FeatureCache
+    from .cache import FeatureCache
     from .fewshot import load_table, run_fewshot, run_grid
 
     command = args.fewshot_command
     model = load_model(args.model, args.device)
     task, table = load_table(args.manifest, args.classes)
     cache = FeatureCache(args.cache_dir or _default_cache_dir(), progress=not args.no_progress)
-    if command != "fewshot":
+    if command != GRID:
         row = run_fewshot(command, model, task, table, args.shots, args.seed, args.output, cache,
                           method_hparams(args, command), args.split_csv, args.max_test,
                           args.n_bootstrap if args.n_bootstrap is not None else 1000, progress=not args.no_progress)
@@ -115,9 +130,9 @@ def run(args) -> int:
               f"(95% CI {row['auroc_low']:.3f}-{row['auroc_high']:.3f}), accuracy {row['accuracy']:.3f}, "
               f"ECE {row['ece']:.3f} on {row['n_test']} test images -> {args.output}")
         return 0
-    methods = list(GRID_METHODS) if args.methods == "all" else [m.strip() for m in args.methods.split(",")]
+    methods = method_commands() if args.methods == "all" else [m.strip() for m in args.methods.split(",")]
     shots, seeds = _ints(args.shots, "--shots"), _ints(args.seeds, "--seeds")
-    hparams = {m: method_hparams(args, m) for m in ["zeroshot", *methods]}
+    hparams = {m: method_hparams(args, m) for m in [BASELINE, *methods]}
     results = run_grid(methods, model, task, table, shots, seeds, args.output, cache, hparams, args.max_test,
                        args.n_bootstrap if args.n_bootstrap is not None else 200, progress=not args.no_progress)
     print(f"{len(results)} runs -> {os.path.join(args.output, 'results.csv')}, summary.csv, fewshot_curve.png")

@@ -9,12 +9,14 @@ the optimiser is CoOp's SGD schedule.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .base import FewShotMethod, register_method
-from .coop import SGD_DEFAULTS, epochs_for_shots, train_epochs
+from .coop import SGDConfig, epochs_for_shots, train_sgd
 
 
 class Adapter(nn.Module):
@@ -30,43 +32,52 @@ class Adapter(nn.Module):
         return F.normalize(self.ratio * self.fc(features) + (1 - self.ratio) * features, dim=-1)
 
 
+@dataclass
+class ClipAdapterConfig(SGDConfig):
+    """CLIP-Adapter's options: the bottleneck reduction and the residual ratio (share of adapted features)."""
+
+    reduction: int = 4
+    ratio: float = 0.2
+
+
+class AdapterHead(nn.Module):
+    """The learned adapter plus the frozen prompt embeddings it classifies against."""
+
+    def __init__(self, text: torch.Tensor, reduction: int, ratio: float):
+        super().__init__()
+        self.adapter = Adapter(text.shape[1], reduction, ratio)
+        self.register_buffer("text", text.detach().float().cpu().clone())
+
+    def forward(self, features: torch.Tensor, scale: float) -> torch.Tensor:
+        return scale * self.adapter(features) @ self.text.t()
+
+
 @register_method
 class ClipAdapter(FewShotMethod):
     """Residual bottleneck adapter on image features, text-prompt classifier."""
 
     name = "clip-adapter"
-    defaults = {"reduction": 4, "ratio": 0.2, **SGD_DEFAULTS}
+    summary = "few-shot CLIP-Adapter (residual bottleneck on image features)"
+    config_class = ClipAdapterConfig
 
-    def build_adapter(self, dim: int) -> Adapter:
+    def empty_module(self, state=None) -> AdapterHead:
+        text = state["text"] if state else self.text_features()
         with torch.random.fork_rng(devices=[]):  # nn.Linear's init draws from the global generator
             torch.manual_seed(self.seed)
-            return Adapter(dim, self.hparams["reduction"], self.hparams["ratio"])
+            return AdapterHead(text, self.config.reduction, self.config.ratio)
 
     def _fit(self, train, val) -> None:
         y = torch.as_tensor(self.task.labels(train))
         features = self.image_features(train)
-        self.text = self.text_features().float().cpu()
-        self.adapter = self.build_adapter(features.shape[1])
-        self.adapter.train()
-        epochs = self.hparams["epochs"] or epochs_for_shots(self.task.shots(y.numpy()))
+        self.module = self.empty_module()
+        self.module.train()
         scale = self.logit_scale()
 
-        def step(idx: torch.Tensor) -> torch.Tensor:
-            scores = self.task.combine(scale * self.adapter(features[idx]) @ self.text.t())
-            return self.task.loss(scores, y[idx])
+        def loss(idx: torch.Tensor) -> torch.Tensor:
+            return self.task.loss(self.task.combine(self.module(features[idx], scale)), y[idx])
 
-        train_epochs(self, list(self.adapter.parameters()), len(y), step, epochs)
-        self.adapter.eval()
-        self.budget = {"epochs": epochs}
+        train_sgd(self, list(self.module.adapter.parameters()), len(y), loss,
+                  self.config.epochs or epochs_for_shots(self.task.shots(y.numpy())))
 
     def _scores(self, test) -> torch.Tensor:
-        return self.task.combine(self.logit_scale() * self.adapter(self.image_features(test)) @ self.text.t())
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {**{f"adapter.{k}": v for k, v in self.adapter.state_dict().items()}, "text": self.text}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.text = state["text"]
-        self.adapter = self.build_adapter(self.text.shape[1])
-        self.adapter.load_state_dict({k[len("adapter."):]: v for k, v in state.items() if k.startswith("adapter.")})
-        self.adapter.eval()
+        return self.task.combine(self.module(self.image_features(test), self.logit_scale()))

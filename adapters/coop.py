@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -24,6 +25,7 @@ from torch import nn
 from medclip.errors import ConfigError
 
 from .base import FewShotMethod, register_method
+from .loop import Schedule, optimise, steps_for_epochs
 
 COOP_EPOCHS = {1: 50, 2: 100, 4: 100, 8: 200, 16: 200}
 
@@ -116,30 +118,38 @@ def coop_lr(epoch: int, epochs: int, lr: float, warmup_epochs: int, warmup_lr: f
     return 0.5 * lr * (1 + math.cos(math.pi * epoch / epochs))
 
 
-def train_epochs(method: FewShotMethod, params: list, n_items: int, step: Callable[[torch.Tensor], torch.Tensor],
-                 epochs: int) -> None:
-    """CoOp's optimisation loop (SGD, warm-up + cosine per epoch); ``step(indices)`` returns the batch loss."""
-    from tqdm.auto import tqdm
+@dataclass
+class SGDConfig:
+    """CoOp's optimiser, shared by CLIP-Adapter: SGD (momentum 0.9), one warm-up epoch at ``warmup_lr``,
+    cosine decay per epoch; ``epochs`` None follows the shots (:func:`epochs_for_shots`)."""
 
-    hp = method.hparams
-    optimizer = torch.optim.SGD(params, lr=hp["lr"], momentum=0.9, weight_decay=hp["weight_decay"])
-    generator = method.generator()
-    for epoch in tqdm(range(epochs), desc=method.name, disable=not method.progress, leave=False):
-        for group in optimizer.param_groups:
-            group["lr"] = coop_lr(epoch, epochs, hp["lr"], hp["warmup_epochs"], hp["warmup_lr"])
-        order = torch.randperm(n_items, generator=generator)
-        losses = []
-        for start in range(0, n_items, hp["batch_size"]):
-            loss = step(order[start:start + hp["batch_size"]])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss.detach()))
-        method.history.append(sum(losses) / len(losses))
+    lr: float = 0.002
+    weight_decay: float = 5e-4
+    batch_size: int = 32
+    epochs: int | None = None
+    warmup_epochs: int = 1
+    warmup_lr: float = 1e-5
 
 
-SGD_DEFAULTS = {"lr": 0.002, "weight_decay": 5e-4, "batch_size": 32, "epochs": None, "warmup_epochs": 1,
-                "warmup_lr": 1e-5}
+def train_sgd(method: FewShotMethod, params: list, n_items: int, loss: Callable[[torch.Tensor], torch.Tensor],
+              epochs: int) -> None:
+    """CoOp's optimisation (see :class:`SGDConfig`) through the shared loop; ``loss(indices)`` is the batch loss."""
+    hp = method.config
+    optimizer = torch.optim.SGD(params, lr=hp.lr, momentum=0.9, weight_decay=hp.weight_decay)
+    schedule = Schedule(steps_for_epochs(n_items, hp.batch_size, epochs), hp.batch_size,
+                        epoch_lr=lambda epoch: coop_lr(epoch, epochs, hp.lr, hp.warmup_epochs, hp.warmup_lr))
+    optimise(method, optimizer, n_items, loss, schedule)
+    method.budget = {"epochs": epochs}
+
+
+@dataclass
+class CoOpConfig(SGDConfig):
+    """CoOp's options: context length, its initialising phrase, class-specific contexts, class token place."""
+
+    n_ctx: int = 16
+    ctx_init: str | None = None
+    csc: bool = False
+    class_token_position: str = "end"
 
 
 @register_method
@@ -147,12 +157,17 @@ class CoOp(FewShotMethod):
     """Context optimisation over the frozen text tower, with cached image features."""
 
     name = "coop"
-    defaults = {"n_ctx": 16, "ctx_init": None, "csc": False, "class_token_position": "end", **SGD_DEFAULTS}
+    summary = "few-shot CoOp prompt learning over the frozen text tower"
+    config_class = CoOpConfig
 
-    def build_learner(self) -> PromptLearner:
-        return PromptLearner(self.model, self.tokenizer, list(self.task.names), self.hparams["n_ctx"],
-                             self.hparams["ctx_init"], self.hparams["csc"], self.hparams["class_token_position"],
-                             self.generator())
+    def empty_module(self, state=None) -> PromptLearner:
+        hp = self.config
+        return PromptLearner(self.model, self.tokenizer, list(self.task.names), hp.n_ctx, hp.ctx_init, hp.csc,
+                             hp.class_token_position, self.generator())
+
+    @property
+    def learner(self) -> PromptLearner:
+        return self.module
 
     def target_features(self) -> torch.Tensor:
         """Normalised text features ``(T, D)`` of the learned prompts (differentiable in the context)."""
@@ -168,29 +183,17 @@ class CoOp(FewShotMethod):
 
     def train_prompts(self, batch_features: Callable[[torch.Tensor], torch.Tensor], y: torch.Tensor) -> None:
         """Optimise the context; ``batch_features(indices)`` gives the (cached or re-encoded) image features."""
-        self.learner = self.build_learner()
-        epochs = self.hparams["epochs"] or epochs_for_shots(self.task.shots(y.numpy()))
+        self.module = self.empty_module()
         scale = self.model.get_logit_scale().detach()
 
-        def step(idx: torch.Tensor) -> torch.Tensor:
+        def loss(idx: torch.Tensor) -> torch.Tensor:
             text = self.target_features()
             scores = self.task.combine(scale * batch_features(idx).to(text) @ text.t())
             return self.task.loss(scores.float(), y[idx])
 
-        train_epochs(self, [self.learner.ctx], len(y), step, epochs)
-        self.budget = {"epochs": epochs}
+        train_sgd(self, [self.learner.ctx], len(y), loss,
+                  self.config.epochs or epochs_for_shots(self.task.shots(y.numpy())))
 
     def _scores(self, test) -> torch.Tensor:
         text = self.target_features()
         return self.task.combine(self.logit_scale() * self.image_features(test).to(text) @ text.t())
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"ctx": self.learner.ctx}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.learner = self.build_learner()
-        if state["ctx"].shape != self.learner.ctx.shape:
-            raise ConfigError(f"saved CoOp context has shape {tuple(state['ctx'].shape)}, this config expects "
-                              f"{tuple(self.learner.ctx.shape)} (n_ctx/ctx_init/csc differ)")
-        with torch.no_grad():
-            self.learner.ctx.copy_(state["ctx"])

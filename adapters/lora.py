@@ -19,6 +19,7 @@ to 1e-6 (``max_iters`` caps it). Only the adapter is saved, in peft's format
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import torch
 
@@ -26,6 +27,7 @@ from medclip.errors import ConfigError
 from medclip.eval.prompts import encode_prompt_sets
 
 from .base import FewShotMethod, register_method
+from .loop import Schedule, optimise
 
 TEXT_TARGETS = {"clip": r"text\.blocks\.\d+\.attn\.(q_proj|k_proj|v_proj)", "hf": r"text\..*\.(query|key|value)"}
 VISION_TARGETS = {"vit": r"visual\.trunk\.blocks\.\d+\.attn\.qkv"}
@@ -57,29 +59,46 @@ def lora_target_regex(model, encoder: str = "auto") -> tuple[str, bool]:
     return "(" + "|".join(parts) + ")", encoder in ("vision", "both")
 
 
+@dataclass
+class LoraConfig:
+    """CLIP-LoRA's options: rank ``r``, ``alpha``, ``dropout``, AdamW ``lr``/``weight_decay``, ``batch_size``,
+    ``iters_per_shot`` (capped by ``max_iters``), cosine decay to ``min_lr``, which towers (``encoder``)."""
+
+    r: int = 2
+    alpha: float = 1
+    dropout: float = 0.25
+    lr: float = 2e-4
+    weight_decay: float = 1e-2
+    batch_size: int = 32
+    iters_per_shot: int = 500
+    max_iters: int | None = None
+    min_lr: float = 1e-6
+    encoder: str = "auto"
+
+
 @register_method
 class Lora(FewShotMethod):
     """Low-rank adapters on the towers' attention projections (peft), prompt classifier."""
 
     name = "lora"
-    defaults = {"r": 2, "alpha": 1, "dropout": 0.25, "lr": 2e-4, "weight_decay": 1e-2, "batch_size": 32,
-                "iters_per_shot": 500, "max_iters": None, "min_lr": 1e-6, "encoder": "auto"}
+    summary = "few-shot CLIP-LoRA via peft (adapter weights only)"
+    config_class = LoraConfig
 
     def _attach(self, folder: str | None = None):
-        from peft import LoraConfig, PeftModel, get_peft_model
+        import peft
 
-        regex, self.adapts_vision = lora_target_regex(self.model, self.hparams["encoder"])
+        regex, self.adapts_vision = lora_target_regex(self.model, self.config.encoder)
         base = copy.deepcopy(self.model)  # peft rewrites modules in place; the caller's model stays untouched
         if folder is not None:
-            return PeftModel.from_pretrained(base, folder)
-        config = LoraConfig(r=self.hparams["r"], lora_alpha=self.hparams["alpha"],
-                            lora_dropout=self.hparams["dropout"], target_modules=regex, bias="none")
-        return get_peft_model(base, config)
+            return peft.PeftModel.from_pretrained(base, folder)
+        config = peft.LoraConfig(r=self.config.r, lora_alpha=self.config.alpha, lora_dropout=self.config.dropout,
+                                 target_modules=regex, bias="none")
+        return peft.get_peft_model(base, config)
 
     @property
     def clip(self):
         """The adapted CLIP model inside the peft wrapper."""
-        return self.peft.base_model.model
+        return self.module.base_model.model
 
     def _images(self, frame) -> torch.Tensor:
         fn, _ = self.cache._transform_for(self.model)
@@ -91,39 +110,28 @@ class Lora(FewShotMethod):
         return images[idx]
 
     def _fit(self, train, val) -> None:
-        from tqdm.auto import tqdm
-
-        hp = self.hparams
-        self.peft = self._attach()
+        hp = self.config
+        self.module = self._attach()
         y = torch.as_tensor(self.task.labels(train))
         images = self._images(train) if self.adapts_vision else self.image_features(train)
-        total = hp["iters_per_shot"] * max(self.task.shots(y.numpy()), 1)
-        iters = min(total, hp["max_iters"]) if hp["max_iters"] else total
-        params = [p for p in self.peft.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=hp["lr"], weight_decay=hp["weight_decay"], betas=(0.9, 0.999))
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, iters, eta_min=hp["min_lr"])
-        generator, order, cursor = self.generator(), torch.empty(0, dtype=torch.long), 0
+        total = hp.iters_per_shot * max(self.task.shots(y.numpy()), 1)
+        iters = min(total, hp.max_iters) if hp.max_iters else total
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay, betas=(0.9, 0.999))
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, iters, eta_min=hp.min_lr)
         scale = self.model.get_logit_scale().detach()
-        for name, module in self.peft.named_modules():  # only LoRA's dropout trains; the towers stay in eval
+        for name, module in self.module.named_modules():  # only LoRA's dropout trains; the towers stay in eval
             module.train("lora_dropout" in name)
-        for _ in tqdm(range(iters), desc="lora", disable=not self.progress, leave=False):
-            if cursor >= len(order):
-                order, cursor = torch.randperm(len(y), generator=generator), 0
-            idx = order[cursor:cursor + hp["batch_size"]]
-            cursor += hp["batch_size"]
+
+        def loss(idx: torch.Tensor) -> torch.Tensor:
             text = encode_prompt_sets(self.clip, self.tokenizer, self.task.prompts)
             scores = self.task.combine(scale * self._batch_features(images, idx).to(text) @ text.t())
-            loss = self.task.loss(scores.float(), y[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            self.history.append(float(loss.detach()))
-        self.peft.eval()
+            return self.task.loss(scores.float(), y[idx])
+
+        optimise(self, optimizer, len(y), loss, Schedule(iters, hp.batch_size, scheduler=scheduler, history="step"))
         self.budget = {"iters": iters, "iters_full": total}
 
     def _scores(self, test) -> torch.Tensor:
-        self.peft.eval()
         text = encode_prompt_sets(self.clip, self.tokenizer, self.task.prompts)
         if self.adapts_vision:
             images = self._images(test)
@@ -132,12 +140,8 @@ class Lora(FewShotMethod):
             feats = self.image_features(test)
         return self.task.combine(self.logit_scale() * feats.to(text) @ text.t())
 
-    def save(self, folder: str) -> None:
-        super().save(folder)  # method.json only: the peft adapter holds every learned weight
-        self.peft.save_pretrained(folder)
+    def save_module(self, folder: str) -> None:
+        self.module.save_pretrained(folder)  # peft's format: the adapter only, not the base model
 
-    def load(self, folder: str) -> Lora:
-        super().load(folder)
-        self.peft = self._attach(folder)
-        self.peft.eval()
-        return self
+    def load_module(self, folder: str):
+        return self._attach(folder)

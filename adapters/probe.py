@@ -9,10 +9,21 @@ Predictions come from the stored coefficients, so a saved probe predicts exactly
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
-from .base import FewShotMethod, register_method, selection_score
+from .base import Buffers, FewShotMethod, register_method, selection_score
+
+
+@dataclass
+class ProbeConfig:
+    """The probe's options: lbfgs iterations, binary-search steps for ``C``, or a fixed ``C``."""
+
+    max_iter: int = 1000
+    search_steps: int = 8
+    C: float | None = None
 
 
 @register_method
@@ -20,19 +31,21 @@ class LinearProbe(FewShotMethod):
     """Logistic regression on image features, ``C`` selected on validation."""
 
     name = "probe"
-    defaults = {"max_iter": 1000, "search_steps": 8, "C": None}
+    summary = "few-shot linear probe (logistic regression, C chosen on validation)"
+    config_class = ProbeConfig
 
     def _fit(self, train, val) -> None:
         x = self.image_features(train).double().numpy()
         y = self.task.labels(train)
-        if self.hparams["C"] is not None or val is None or len(val) == 0:
-            c = float(self.hparams["C"] or 1.0)
+        if self.config.C is not None or val is None or len(val) == 0:
+            c = float(self.config.C or 1.0)
         else:
             xv, yv = self.image_features(val).double().numpy(), self.task.labels(val)
             c = self._search_c(x, y, xv, yv)
-        self.coef, self.intercept = self._fit_c(x, y, c)
+        coef, intercept = self._fit_c(x, y, c)
+        self.module = Buffers(coef=torch.from_numpy(coef), intercept=torch.from_numpy(intercept))
         self.selected = {"C": c}
-        self.budget = {"max_iter": self.hparams["max_iter"]}
+        self.budget = {"max_iter": self.config.max_iter}
 
     def _search_c(self, x, y, xv, yv) -> float:
         def score(c: float):
@@ -44,7 +57,7 @@ class LinearProbe(FewShotMethod):
         best = max(range(len(coarse)), key=lambda i: scores[i])
         c_best, s_best = coarse[best], scores[best]
         left, right = coarse[min(best + 1, len(coarse) - 1)], coarse[max(best - 1, 0)]
-        for _ in range(self.hparams["search_steps"]):
+        for _ in range(self.config.search_steps):
             candidates = [np.sqrt(left * c_best), np.sqrt(right * c_best)]
             cand_scores = [score(c) for c in candidates]
             i = 0 if cand_scores[0] >= cand_scores[1] else 1
@@ -66,7 +79,7 @@ class LinearProbe(FewShotMethod):
     def _regression(self, c: float):
         from sklearn.linear_model import LogisticRegression
 
-        return LogisticRegression(C=c, solver="lbfgs", max_iter=self.hparams["max_iter"], random_state=self.seed)
+        return LogisticRegression(C=c, solver="lbfgs", max_iter=self.config.max_iter, random_state=self.seed)
 
     def _fit_multinomial(self, x: np.ndarray, y: np.ndarray, c: float) -> tuple[np.ndarray, np.ndarray]:
         k = len(self.task.classes)
@@ -103,10 +116,4 @@ class LinearProbe(FewShotMethod):
 
     def _scores(self, test) -> torch.Tensor:
         x = self.image_features(test).double().numpy()
-        return torch.from_numpy(self._logits(x, self.coef, self.intercept))
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"coef": torch.from_numpy(self.coef), "intercept": torch.from_numpy(self.intercept)}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.coef, self.intercept = state["coef"].double().numpy(), state["intercept"].double().numpy()
+        return torch.from_numpy(self._logits(x, self.module.coef.numpy(), self.module.intercept.numpy()))

@@ -15,10 +15,31 @@ is scored leave-one-out (its own key excluded) instead.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
-from .base import FewShotMethod, register_method, selection_score
+from .base import Buffers, FewShotMethod, register_method, selection_score
+from .loop import Schedule, optimise, steps_for_epochs
+
+
+@dataclass
+class TipAdapterConfig:
+    """Tip-Adapter's options: the cache mix (``alpha``, ``beta``), their grid search on validation, and
+    Tip-Adapter-F's key fine-tuning (``finetune``, AdamW ``lr``/``eps``, ``epochs``, ``batch_size``)."""
+
+    alpha: float = 1.0
+    beta: float = 1.0
+    search: bool = True
+    beta_max: float = 7.0
+    alpha_max: float = 3.0
+    grid: int = 12
+    finetune: bool = False
+    epochs: int = 20
+    lr: float = 1e-3
+    eps: float = 1e-4
+    batch_size: int = 32
 
 
 @register_method
@@ -26,8 +47,8 @@ class TipAdapter(FewShotMethod):
     """Training-free cache model (optionally fine-tuned keys: Tip-Adapter-F)."""
 
     name = "tip-adapter"
-    defaults = {"alpha": 1.0, "beta": 1.0, "search": True, "beta_max": 7.0, "alpha_max": 3.0, "grid": 12,
-                "finetune": False, "epochs": 20, "lr": 1e-3, "eps": 1e-4, "batch_size": 32}
+    summary = "few-shot Tip-Adapter cache model (--finetune: Tip-Adapter-F)"
+    config_class = TipAdapterConfig
 
     def logits(self, features: torch.Tensor, keys: torch.Tensor, alpha: float, beta: float,
                leave_out: torch.Tensor | None = None) -> torch.Tensor:
@@ -38,73 +59,55 @@ class TipAdapter(FewShotMethod):
         weights = torch.exp(-beta * (1 - features @ keys.t()))
         if leave_out is not None:
             weights = weights.index_put((torch.arange(len(leave_out)), leave_out), torch.zeros(()))
-        cache = weights @ self.values
-        return self.task.combine(self.scale * features @ self.text.t() + alpha * cache)
+        cache = weights @ self.module.values
+        return self.task.combine(float(self.module.scale) * features @ self.module.text.t() + alpha * cache)
 
     def _fit(self, train, val) -> None:
         y = self.task.labels(train)
-        self.keys = self.image_features(train).float()
-        self.values = self.task.target_matrix(y)
-        self.text = self.text_features().float().cpu()
-        self.scale = self.logit_scale()
-        self.selected = {"alpha": float(self.hparams["alpha"]), "beta": float(self.hparams["beta"])}
+        self.module = Buffers(keys=self.image_features(train).float(), values=self.task.target_matrix(y),
+                              text=self.text_features().float().cpu(),
+                              scale=torch.tensor(self.logit_scale(), dtype=torch.float64))
+        self.selected = {"alpha": float(self.config.alpha), "beta": float(self.config.beta)}
         has_val = val is not None and len(val) > 0
-        if has_val and self.hparams["search"]:
+        if has_val and self.config.search:
             self.selected = self._search(val)
-        if self.hparams["finetune"]:
+        if self.config.finetune:
             self._finetune(y)
-            if has_val and self.hparams["search"]:
+            if has_val and self.config.search:
                 self.selected = self._search(val)
 
     @torch.no_grad()
     def _search(self, val) -> dict:
         features, y = self.image_features(val).float(), self.task.labels(val)
-        n = self.hparams["grid"]
-        betas = np.linspace(self.hparams["beta_max"] / n, self.hparams["beta_max"], n)
-        alphas = np.linspace(self.hparams["alpha_max"] / n, self.hparams["alpha_max"], n)
+        n = self.config.grid
+        betas = np.linspace(self.config.beta_max / n, self.config.beta_max, n)
+        alphas = np.linspace(self.config.alpha_max / n, self.config.alpha_max, n)
         best, best_score = None, None
         for beta in betas:
             for alpha in alphas:
-                score = selection_score(self.task, self.logits(features, self.keys, alpha, beta), y)
+                score = selection_score(self.task, self.logits(features, self.module.keys, alpha, beta), y)
                 if best_score is None or score > best_score:
                     best, best_score = {"alpha": float(alpha), "beta": float(beta)}, score
         return best
 
     def _finetune(self, y: np.ndarray) -> None:
-        from tqdm.auto import tqdm
-
-        hp = self.hparams
-        keys = torch.nn.Parameter(self.keys.clone())
+        hp = self.config
+        keys = torch.nn.Parameter(self.module.keys.clone())
         target = torch.as_tensor(y)
-        n = len(target)
-        steps = hp["epochs"] * ((n + hp["batch_size"] - 1) // hp["batch_size"])
-        optimizer = torch.optim.AdamW([keys], lr=hp["lr"], eps=hp["eps"])
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
-        generator = self.generator()
-        features = self.keys  # the training shots' own (cached) features
-        for _ in tqdm(range(hp["epochs"]), desc="tip-adapter-f", disable=not self.progress, leave=False):
-            order, losses = torch.randperm(n, generator=generator), []
-            for start in range(0, n, hp["batch_size"]):
-                idx = order[start:start + hp["batch_size"]]
-                scores = self.logits(features[idx], keys, self.selected["alpha"], self.selected["beta"], idx)
-                loss = self.task.loss(scores, target[idx])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                schedule.step()
-                losses.append(float(loss.detach()))
-            self.history.append(sum(losses) / len(losses))
-        self.keys = keys.detach()
-        self.budget = {"epochs": hp["epochs"]}
+        features = self.module.keys.clone()  # the training shots' own (cached) features
+        steps = steps_for_epochs(len(target), hp.batch_size, hp.epochs)
+        optimizer = torch.optim.AdamW([keys], lr=hp.lr, eps=hp.eps)
+        cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+        schedule = Schedule(steps, hp.batch_size, scheduler=cosine)
+
+        def loss(idx: torch.Tensor) -> torch.Tensor:
+            scores = self.logits(features[idx], keys, self.selected["alpha"], self.selected["beta"], idx)
+            return self.task.loss(scores, target[idx])
+
+        optimise(self, optimizer, len(target), loss, schedule)
+        self.module.keys = keys.detach()
+        self.budget = {"epochs": hp.epochs}
 
     def _scores(self, test) -> torch.Tensor:
         features = self.image_features(test).float()
-        return self.logits(features, self.keys, self.selected["alpha"], self.selected["beta"])
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"keys": self.keys, "values": self.values, "text": self.text,
-                "scale": torch.tensor(self.scale, dtype=torch.float64)}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.keys, self.values, self.text = state["keys"], state["values"], state["text"]
-        self.scale = float(state["scale"])
+        return self.logits(features, self.module.keys, self.selected["alpha"], self.selected["beta"])

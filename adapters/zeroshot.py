@@ -10,7 +10,7 @@ import torch
 
 from medclip.eval.zeroshot import ZeroShotClassifier
 
-from .base import FewShotMethod, register_method
+from .base import Buffers, FewShotMethod, register_method
 
 
 @register_method
@@ -18,18 +18,12 @@ class ZeroShot(FewShotMethod):
     """CLIP zero-shot classification as a (training-free) few-shot method."""
 
     name = "zeroshot"
-    defaults: dict = {}
+    summary = "zero-shot baseline (0 shots): the prompt-ensemble classifier"
 
     def _fit(self, train, val) -> None:
-        self.classifier = ZeroShotClassifier(self.model, self.task, self.tokenizer)
+        self.module = Buffers(text=ZeroShotClassifier(self.model, self.task, self.tokenizer).targets)
 
     def _scores(self, test) -> torch.Tensor:
-        if not hasattr(self, "classifier"):
+        if self.module is None:
             self._fit(None, None)
-        return self.classifier.logits(self.image_features(test))
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"text": self.classifier.targets}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.classifier = ZeroShotClassifier(self.model, self.task, targets=state["text"])
+        return ZeroShotClassifier(self.model, self.task, targets=self.module.text).logits(self.image_features(test))

@@ -24,13 +24,21 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("medclip.commands.convert", "convert HF CLIPModel / open_clip weights to a medclip model folder"),
     "zeroshot": ("medclip.commands.zeroshot", "zero-shot classify images by text prompts; AUROC with bootstrap CIs"),
     "retrieve": ("medclip.commands.retrieve", "image<->report retrieval R@1/5/10, median rank, alignment/uniformity"),
-    "probe": ("medclip.commands.fewshot", "few-shot linear probe (logistic regression, C chosen on validation)"),
-    "coop": ("medclip.commands.fewshot", "few-shot CoOp prompt learning over the frozen text tower"),
-    "clip-adapter": ("medclip.commands.fewshot", "few-shot CLIP-Adapter (residual bottleneck on image features)"),
-    "tip-adapter": ("medclip.commands.fewshot", "few-shot Tip-Adapter cache model (--finetune: Tip-Adapter-F)"),
-    "lora": ("medclip.commands.fewshot", "few-shot CLIP-LoRA via peft (adapter weights only)"),
     "fewshot": ("medclip.commands.fewshot", "few-shot grid: methods x shots x seeds, results/summary CSV + curve"),
 }
+
+
+def commands() -> dict[str, tuple[str, str]]:
+    """:data:`COMMANDS` plus one command per few-shot method of the ``medclip_adapters`` registry.
+
+    The adapters package is imported here, at run time, only when a command outside :data:`COMMANDS`
+    (or the command list) is asked for.
+    """
+    try:
+        from medclip_adapters.cli import command_help
+    except ImportError:  # the adapters package is not installed
+        return dict(COMMANDS)
+    return {**COMMANDS, **{name: ("medclip.commands.fewshot", text) for name, text in command_help().items()}}
 
 
 VERBOSITY = {"--quiet": logging.WARNING, "--verbose": logging.DEBUG}
@@ -82,7 +90,7 @@ def _top_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"medclip {__version__}")
     _add_verbosity(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (_, help_text) in COMMANDS.items():
+    for name, (_, help_text) in commands().items():
         sub.add_parser(name, help=help_text, add_help=False)
     return parser
 
@@ -100,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     level = logging.INFO
     while argv and argv[0] in VERBOSITY:  # medclip --quiet COMMAND ...
         level = VERBOSITY[argv.pop(0)]
-    if not argv or argv[0] not in COMMANDS:
+    known = COMMANDS if argv and argv[0] in COMMANDS else commands()
+    if not argv or argv[0] not in known:
         top = _top_parser()
         if not argv:
             top.print_help()
@@ -108,9 +117,10 @@ def main(argv: list[str] | None = None) -> int:
         top.parse_args(argv)  # handles --help/--version, errors on unknown commands
         return 2
     name = argv[0]
-    module_name, help_text = COMMANDS[name]
+    module_name, help_text = known[name]
     module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(prog=f"medclip {name}", description=help_text)
+    parser.set_defaults(medclip_command=name)  # modules serving several commands read it
     module.add_arguments(parser)
     _add_verbosity(parser)
     args = parser.parse_args(argv[1:])

@@ -146,3 +146,79 @@ def test_unreadable_image_is_a_one_line_error(tiny_model, tmp_path):
     bad.write_bytes(b"not an image")
     with pytest.raises(ma.base.DataError, match="could not be read"):
         ma.FeatureCache().features(tiny_model, [str(bad)])
+
+
+def test_command_list_comes_from_the_registry(capsys):
+    from medclip_adapters.cli import command_help
+
+    from medclip.cli import main
+
+    assert set(command_help()) == set(ma.list_methods()) - {"zeroshot"}
+    assert main([]) == 2
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps long help lines
+    for name, summary in command_help().items():
+        assert name in out and summary and summary in out
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"lr": "abc"}, "coop.lr must be float, got 'abc'"),
+    ({"csc": 3}, "coop.csc must be bool"),
+    ({"n_ctx": 2.5}, "coop.n_ctx must be int"),
+])
+def test_method_options_are_typed(options, match):
+    with pytest.raises(ma.base.ConfigError, match=match) as info:
+        ma.create_method("coop", None, make_task("single"), **options)
+    assert "\n" not in str(info.value)
+    assert ma.create_method("coop", None, make_task("single"), lr=1, n_ctx=4.0).config.lr == 1.0
+
+
+def test_set_grammar_is_pretrains(tmp_path):
+    import argparse
+
+    from medclip_adapters.cli import method_hparams
+
+    args = argparse.Namespace(set=["lr=0.01", "coop.n_ctx=4", "probe.search_steps=1", "grid=3"], epochs=None,
+                              max_iters=None, fewshot_command="fewshot", ratio=0.6)
+    assert method_hparams(args, "coop") == {"lr": 0.01, "n_ctx": 4}
+    assert method_hparams(args, "probe") == {"search_steps": 1}
+    assert method_hparams(args, "tip-adapter") == {"lr": 0.01, "grid": 3}
+    assert method_hparams(args, "clip-adapter") == {"lr": 0.01, "ratio": 0.6}
+    with pytest.raises(ma.base.ConfigError, match="must look like"):
+        method_hparams(argparse.Namespace(set=["lr"], fewshot_command="coop"), "coop")
+
+
+def test_loop_visits_every_item_once_per_epoch_and_sets_epoch_lr():
+    from medclip_adapters.loop import Schedule, batches, optimise, steps_for_epochs
+
+    draws = batches(10, 4, torch.Generator().manual_seed(0))
+    first = [next(draws) for _ in range(steps_for_epochs(10, 4, 2))]
+    assert [e for e, _ in first] == [0, 0, 0, 1, 1, 1] and [len(i) for _, i in first] == [4, 4, 2] * 2
+    assert sorted(torch.cat([i for e, i in first if e == 1]).tolist()) == list(range(10))
+
+    class Holder:
+        name, progress, history = "test", False, []
+
+        def generator(self):
+            return torch.Generator().manual_seed(0)
+
+    weight = torch.nn.Parameter(torch.tensor([3.0]))
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    seen = []
+    holder = Holder()
+    optimise(holder, optimizer, 10, lambda idx: (seen.append(optimizer.param_groups[0]["lr"]) or weight ** 2).sum(),
+             Schedule(6, 4, epoch_lr=lambda epoch: 0.1 / (epoch + 1)))
+    assert seen == [0.1] * 3 + [0.05] * 3 and len(holder.history) == 2
+    assert holder.history[1] < holder.history[0] and float(weight.detach()) < 3.0
+
+
+def test_a_saved_state_that_does_not_fit_the_config_is_one_line(tiny_model, frames, cache, tmp_path):
+    ma.create_method("coop", tiny_model, make_task("single"), cache=cache, epochs=1, n_ctx=4).fit(
+        frames["train"]).save(str(tmp_path / "coop"))
+    import json
+
+    meta = json.loads((tmp_path / "coop" / "method.json").read_text())
+    meta["hparams"]["n_ctx"] = 6
+    (tmp_path / "coop" / "method.json").write_text(json.dumps(meta))
+    with pytest.raises(ma.base.ConfigError, match="does not fit this coop config") as info:
+        ma.load_method(str(tmp_path / "coop"), tiny_model, cache=cache)
+    assert "\n" not in str(info.value)
