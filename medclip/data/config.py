@@ -65,6 +65,14 @@ class DataConfig:
         test: fraction of patients for test when the manifest has no split column.
         verify_images: decode every image while checking the manifest (slower first start, but a
             corrupt file is quarantined up front instead of failing mid-epoch).
+        max_pixels: pixel budget: an image whose header (DICOM rows x columns x frames x samples, or the
+            compressed codestream's / PNG's own header) declares more is quarantined before decoding
+            (default: ``MEDCLIP_MAX_PIXELS`` or 50 million).
+        min_size: images with a shorter side below this are quarantined (default:
+            ``MEDCLIP_MIN_IMAGE_SIZE`` or 8).
+        sections_missing: what to do with a report that has section headings but none of ``sections``
+            (e.g. only ``History:`` / ``Follow-up:``): ``whole`` uses the whole report (counted in the
+            summary), ``quarantine`` skips the row (MIMIC-style recipes).
     """
 
     manifest: str = "demo_data/manifest.csv"
@@ -82,6 +90,9 @@ class DataConfig:
     val: float = 0.1
     test: float = 0.1
     verify_images: bool = True
+    max_pixels: int | None = None
+    min_size: int | None = None
+    sections_missing: str = "whole"
 
     def __post_init__(self):
         if self.resize not in ("pad", "crop"):
@@ -93,3 +104,13 @@ class DataConfig:
             raise ConfigError(f"data.val and data.test must be fractions summing below 1, got {self.val}, {self.test}")
         if self.window_index < 0 or self.frame < 0:
             raise ConfigError("data.window_index and data.frame must be >= 0")
+        if self.max_pixels is not None and self.max_pixels < 1 or self.min_size is not None and self.min_size < 1:
+            raise ConfigError(f"data.max_pixels and data.min_size must be >= 1, got {self.max_pixels}, {self.min_size}")
+        if self.sections_missing not in ("whole", "quarantine"):
+            raise ConfigError(f"data.sections_missing must be 'whole' or 'quarantine', got '{self.sections_missing}'")
+
+    def limits(self):
+        """The :class:`~medclip.data.guard.ImageLimits` of this config (unset values: environment/defaults)."""
+        from .guard import resolve_limits
+
+        return resolve_limits(self.max_pixels, self.min_size)

@@ -129,7 +129,7 @@ def build_dataloaders(data_config: DataConfig, model_config, tokenizer, seed: in
     """
     vision = getattr(model_config, "vision", model_config)
     kwargs = dict(resize=data_config.resize, cache_dir=data_config.cache_dir,
-                  window_index=data_config.window_index, frame=data_config.frame)
+                  window_index=data_config.window_index, frame=data_config.frame, limits=data_config.limits())
     eval_tf = build_image_transform(vision, train=False, **kwargs)
     train_tf = build_image_transform(vision, train=True, augment=data_config.augment, **kwargs)
     good, _, _ = prepare_manifest(data_config, decode=eval_tf.prepare, seed=seed, out_dir=out_dir)

@@ -12,12 +12,23 @@ only which PHI tags a file carries.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import DataError
+from .guard import (
+    ImageLimits,
+    captured_pydicom,
+    check_dicom_budget,
+    check_raster_budget,
+    redact,
+    resolve_limits,
+)
 
 DICOM_SUFFIXES = {".dcm", ".dicom", ".dic", ""}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
@@ -42,51 +53,93 @@ def is_dicom(path: str | os.PathLike) -> bool:
     return head[128:132] == b"DICM" or Path(path).suffix.lower() in DICOM_SUFFIXES
 
 
-def read_image(path: str | os.PathLike, window_index: int = 0, frame: int = 0) -> np.ndarray:
+def read_image(path: str | os.PathLike, window_index: int = 0, frame: int = 0,
+               limits: ImageLimits | None = None) -> np.ndarray:
     """Decode any supported image file to float32 in [0, 1], shape (H, W) or (H, W, 3).
+
+    The declared size is checked against ``limits`` (pixel budget, minimum side) before any pixel is
+    decoded. Any failure, whatever the decoder raised, becomes one :class:`DataError`.
 
     Args:
         path: a DICOM, PNG or JPEG file.
         window_index: DICOM only: which stored window / VOI LUT to apply.
         frame: DICOM only: which frame of a multi-frame file.
+        limits: pixel budget and minimum side (default: :func:`~medclip.data.guard.resolve_limits`).
 
     Raises:
         DataError: one line naming the file and what is wrong with it (missing, empty, not an image,
-            truncated, compressed without a decoder, NaN pixels, ...).
+            truncated, over the pixel budget, compressed without a decoder, NaN pixels, ...).
     """
     path = str(path)
     if not os.path.exists(path):
         raise DataError(f"{path}: file not found")
+    if os.path.isdir(path):
+        raise DataError(f"{path}: is a folder, not an image file")
     if os.path.getsize(path) == 0:
         raise DataError(f"{path}: empty file (0 bytes)")
-    arr = read_dicom(path, window_index, frame) if is_dicom(path) else read_raster(path)
+    limits = limits or resolve_limits()
+    try:
+        arr = read_dicom(path, window_index, frame, limits) if is_dicom(path) else read_raster(path, limits)
+    except DataError:
+        raise
+    except MemoryError:
+        raise DataError(f"{path}: out of memory while decoding (lower data.max_pixels)") from None
+    except Exception as exc:  # any decoder failure is this file's problem, never the run's
+        raise DataError(f"{path}: cannot decode ({type(exc).__name__}: {_first_line(exc)})") from None
     if not np.isfinite(arr).all():
         raise DataError(f"{path}: image contains NaN or infinite pixel values")
+    if min(arr.shape[:2]) < limits.min_size:
+        raise DataError(f"{path}: image is {arr.shape[0]} x {arr.shape[1]} pixels, smaller than the minimum side "
+                        f"of {limits.min_size} (data.min_size / MEDCLIP_MIN_IMAGE_SIZE)")
     return arr.astype(np.float32, copy=False)
 
 
-def read_raster(path: str) -> np.ndarray:
-    """PNG/JPEG/TIFF via Pillow → float in [0, 1] by bit depth (8-bit /255, 16-bit /65535)."""
+def read_raster(path: str, limits: ImageLimits | None = None) -> np.ndarray:
+    """PNG/JPEG/TIFF via Pillow → float in [0, 1] by bit depth (8-bit /255, 16-bit /65535).
+
+    The header's size is checked against ``limits`` before the pixels are decoded.
+    """
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(im, dtype=np.float64) / 65535.0
-            elif im.mode == "F":
-                arr = np.asarray(im, dtype=np.float64)
-            elif im.mode in ("L", "1"):
-                arr = np.asarray(im.convert("L"), dtype=np.float64) / 255.0
-            else:
-                arr = np.asarray(im.convert("RGB"), dtype=np.float64) / 255.0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own budget check follows
+            with Image.open(path) as im:
+                check_raster_budget(im, path, limits or resolve_limits())
+                im.load()
+                arr = _raster_to_float(im)
+    except DataError:
+        raise
+    except Image.DecompressionBombError as exc:  # Pillow refuses > 2x its limit inside open(): same verdict
+        raise DataError(f"{path}: image header declares more pixels than the pixel budget, refused before "
+                        f"decoding (Pillow: {_first_line(exc)})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"{path}: not a readable image ({_first_line(exc)})") from None
     return np.clip(arr, 0.0, 1.0) if np.isfinite(arr).all() else arr
 
 
-def read_dicom(path: str, window_index: int = 0, frame: int = 0) -> np.ndarray:
-    """One frame of a DICOM file through pydicom's display pipeline → float in [0, 1]."""
+def _raster_to_float(im) -> np.ndarray:
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        return np.asarray(im, dtype=np.float64) / 65535.0
+    if im.mode == "F":
+        return np.asarray(im, dtype=np.float64)
+    if im.mode in ("L", "1"):
+        return np.asarray(im.convert("L"), dtype=np.float64) / 255.0
+    return np.asarray(im.convert("RGB"), dtype=np.float64) / 255.0
+
+
+def read_dicom(path: str, window_index: int = 0, frame: int = 0, limits: ImageLimits | None = None) -> np.ndarray:
+    """One frame of a DICOM file through pydicom's display pipeline → float in [0, 1].
+
+    pydicom's warnings and log messages are captured and re-logged without the values they quote.
+    """
+    with captured_pydicom(path):
+        return _read_dicom(path, window_index, frame, limits or resolve_limits())
+
+
+def _read_dicom(path: str, window_index: int, frame: int, limits: ImageLimits) -> np.ndarray:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -95,14 +148,21 @@ def read_dicom(path: str, window_index: int = 0, frame: int = 0) -> np.ndarray:
     except InvalidDicomError:
         raise DataError(f"{path}: not a DICOM file (no DICM preamble); convert it or fix the path") from None
     except Exception as exc:  # pydicom raises many types on damaged headers
-        raise DataError(f"{path}: unreadable DICOM header ({_first_line(exc)})") from None
+        raise DataError(f"{path}: unreadable DICOM header ({type(exc).__name__}: {_first_line(exc)})") from None
     if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise DataError(f"{path}: DICOM has no pixel data (no PixelData element: truncated, or not an image object)")
+    check_dicom_budget(ds, path, limits)
     arr = _decode_frame(ds, path, frame)
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-    if photometric == "PALETTE COLOR" or arr.ndim == 3:
-        return _colour_to_unit(ds, arr, photometric, path)
-    return _grayscale_to_unit(ds, arr, photometric, window_index)
+    try:
+        photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+        if photometric == "PALETTE COLOR" or arr.ndim == 3:
+            return _colour_to_unit(ds, arr, photometric, path)
+        return _grayscale_to_unit(ds, arr, photometric, window_index)
+    except DataError:
+        raise
+    except Exception as exc:  # e.g. RescaleSlope='' (TypeError), RescaleIntercept='abc' (UFuncTypeError)
+        raise DataError(f"{path}: display tags (rescale, window, LUT) cannot be applied "
+                        f"({type(exc).__name__}: {_first_line(exc)})") from None
 
 
 def _decode_frame(ds, path: str, frame: int) -> np.ndarray:
@@ -114,12 +174,11 @@ def _decode_frame(ds, path: str, frame: int) -> np.ndarray:
     _require_decoder(ds, path)
     try:
         return pixel_array(ds, index=frame if n_frames > 1 else None)
-    except (ValueError, RuntimeError, OSError, EOFError, KeyError, AttributeError, TypeError) as exc:
-        msg = _first_line(exc)
-        if "missing dependencies" in msg or "plugin" in msg.lower():
-            raise DataError(f"{path}: cannot decode {ds.file_meta.TransferSyntaxUID.name}: "
-                            f"no decoder installed; {DICOM_EXTRA_HINT}") from None
-        raise DataError(f"{path}: pixel data cannot be decoded, file truncated or corrupt ({msg})") from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # decoders raise many types on corrupt data; the syntax has a decoder (checked)
+        raise DataError(f"{path}: pixel data cannot be decoded, file truncated or corrupt "
+                        f"({type(exc).__name__}: {_first_line(exc)})") from None
 
 
 def _require_decoder(ds, path: str) -> None:
@@ -127,7 +186,7 @@ def _require_decoder(ds, path: str) -> None:
     from pydicom.pixels import get_decoder
 
     uid = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    if uid is None or not uid.is_compressed:
+    if uid is None or not uid.is_transfer_syntax or not uid.is_compressed:
         return
     try:
         decoder = get_decoder(uid)
@@ -198,13 +257,29 @@ def phi_tags_present(path: str | os.PathLike) -> list[str]:
     """Names of the PHI tags a DICOM file carries (never their values); [] for non-DICOM or unreadable files."""
     import pydicom
 
+    with warnings.catch_warnings(), _silenced("pydicom"):
+        warnings.simplefilter("ignore")  # read_image reports header problems (redacted); never twice, never values
+        try:
+            ds = pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=list(PHI_TAGS))
+            return [tag for tag in PHI_TAGS if tag in ds and str(ds[tag].value or "").strip()]
+        except Exception:  # a damaged file is reported by read_image, not here
+            return []
+
+
+@contextlib.contextmanager
+def _silenced(name: str):
+    log = logging.getLogger(name)
+    level, propagate = log.level, log.propagate
+    log.setLevel(logging.CRITICAL + 1)
+    log.propagate = False
     try:
-        ds = pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=list(PHI_TAGS))
-    except Exception:  # a damaged file is reported by read_image, not here
-        return []
-    return [tag for tag in PHI_TAGS if tag in ds and str(ds[tag].value or "").strip()]
+        yield
+    finally:
+        log.setLevel(level)
+        log.propagate = propagate
 
 
 def _first_line(exc: BaseException) -> str:
+    """First line of a decoder's error, with quoted values withheld (they can be header values, i.e. PHI)."""
     text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:200]
+    return redact(text[0] if text else type(exc).__name__)[:200]

@@ -176,9 +176,18 @@ def _image_problem(path: str, decode: Callable | None) -> str:
         return ""
     try:
         decode(path)
-    except (MedclipError, OSError, ValueError, RuntimeError) as exc:
-        return _reason(exc, path)
+    except Exception as exc:  # any failure of one file is that file's quarantine reason, never the run's end
+        return image_reason(exc, path)
     return ""
+
+
+def image_reason(exc: BaseException, path: str) -> str:
+    """The quarantine reason for an image that failed to load: the same text in ``data check``, training,
+    zero-shot and retrieval (the error's first line without the ``path: `` prefix, the type for non-project errors)."""
+    from ..data.transforms import _unwrap
+
+    err = exc if isinstance(exc, MedclipError) else _unwrap(exc)
+    return _reason(err, path)
 
 
 def _reason(exc: BaseException, path: str) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -37,24 +38,30 @@ from monai.transforms import (
     SpatialPadd,
 )
 
+from ..errors import DataError, MedclipError
 from .dicom import read_image
+from .guard import ImageLimits, resolve_limits
+
+logger = logging.getLogger("medclip.data")
 
 CACHE_VERSION = 1
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601-2, as Pillow's "L" conversion
 
 
-def load_image(path: str | os.PathLike, window_index: int = 0, frame: int = 0) -> np.ndarray:
+def load_image(path: str | os.PathLike, window_index: int = 0, frame: int = 0,
+               limits: ImageLimits | None = None) -> np.ndarray:
     """Decode a DICOM/PNG/JPEG file to a float32 array in [0, 1], (H, W) or (H, W, 3).
 
     Args:
         path: the image file.
         window_index: which DICOM window / VOI LUT to apply (first by default).
         frame: which frame of a multi-frame DICOM.
+        limits: pixel budget and minimum side, checked before decoding.
 
     Raises:
         DataError: a one-line message naming the file and the problem.
     """
-    return read_image(path, window_index=window_index, frame=frame)
+    return read_image(path, window_index=window_index, frame=frame, limits=limits)
 
 
 def to_channels(arr: np.ndarray, in_chans: int) -> np.ndarray:
@@ -69,14 +76,16 @@ def to_channels(arr: np.ndarray, in_chans: int) -> np.ndarray:
 class LoadMedicalImaged(MapTransform):
     """MONAI dict transform: replace the file path under ``keys`` by its (C, H, W) float image in [0, 1]."""
 
-    def __init__(self, keys, in_chans: int = 1, window_index: int = 0, frame: int = 0):
+    def __init__(self, keys, in_chans: int = 1, window_index: int = 0, frame: int = 0,
+                 limits: ImageLimits | None = None):
         super().__init__(keys)
         self.in_chans, self.window_index, self.frame = in_chans, window_index, frame
+        self.limits = limits or resolve_limits()
 
     def __call__(self, data: dict) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
-            d[key] = to_channels(read_image(d[key], self.window_index, self.frame), self.in_chans)
+            d[key] = to_channels(read_image(d[key], self.window_index, self.frame, self.limits), self.in_chans)
         return d
 
 
@@ -161,15 +170,31 @@ class ImageTransform:
         path = str(path)
         cached = self.cache_path(path) if self.cache_dir and os.path.exists(path) else None
         if cached and os.path.exists(cached):
-            try:
-                return np.load(cached, allow_pickle=False)
-            except (OSError, ValueError):  # a torn write from a killed run: recompute
-                pass
+            arr = self._load_cached(cached, path)
+            if arr is not None:
+                return arr
         with _one_thread():
-            arr = np.asarray(self.deterministic({"image": path})["image"], dtype=np.float32)
+            try:
+                arr = np.asarray(self.deterministic({"image": path})["image"], dtype=np.float32)
+            except Exception as exc:  # MONAI wraps errors in "applying transform <...>": give the file's own
+                raise _unwrap(exc) from None
         if cached:
             _atomic_save(cached, arr)
         return arr
+
+    def _load_cached(self, cached: str, path: str) -> np.ndarray | None:
+        """The cached array, or None (with a warning) when the file is empty, garbage or the wrong shape/dtype."""
+        chans, size = self.config["in_chans"], self.config["size"]
+        try:
+            arr = np.load(cached, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:  # torn write, empty or garbage file
+            problem = f"unreadable ({type(exc).__name__})"
+        else:
+            if arr.dtype == np.float32 and arr.shape == (chans, size, size) and np.isfinite(arr).all():
+                return arr
+            problem = f"wrong content ({arr.dtype} {arr.shape}, expected float32 {(chans, size, size)})"
+        logger.warning("preprocessing cache %s for %s is %s; recomputing it", cached, path, problem)
+        return None
 
     def __call__(self, path: str | os.PathLike) -> torch.Tensor:
         with _one_thread():  # per-image ops are tiny: intra-op threads only add sync cost (40x on a busy CPU)
@@ -183,7 +208,8 @@ class ImageTransform:
 
 
 def build_image_transform(vision_config, train: bool = False, resize: str = "pad", augment: bool = True,
-                          cache_dir: str | None = None, window_index: int = 0, frame: int = 0) -> ImageTransform:
+                          cache_dir: str | None = None, window_index: int = 0, frame: int = 0,
+                          limits: ImageLimits | None = None) -> ImageTransform:
     """Build the image pipeline for a model's vision tower.
 
     Args:
@@ -194,6 +220,7 @@ def build_image_transform(vision_config, train: bool = False, resize: str = "pad
         cache_dir: folder for the deterministic-preprocessing cache (None: no cache).
         window_index: DICOM window to apply.
         frame: frame of multi-frame DICOMs.
+        limits: pixel budget and minimum image side (default: environment or built-in defaults).
 
     Returns:
         An :class:`ImageTransform`: ``transform(path) -> FloatTensor (in_chans, image_size, image_size)``.
@@ -208,7 +235,7 @@ def build_image_transform(vision_config, train: bool = False, resize: str = "pad
         from ..errors import ConfigError
 
         raise ConfigError(f"resize must be 'pad' or 'crop', got '{resize}'")
-    deterministic = Compose([LoadMedicalImaged("image", chans, window_index, frame), *geometry])
+    deterministic = Compose([LoadMedicalImaged("image", chans, window_index, frame, limits), *geometry])
     random = None
     if train and augment:
         random = Compose([
@@ -219,8 +246,24 @@ def build_image_transform(vision_config, train: bool = False, resize: str = "pad
         ])
     normalize = Compose([NormalizeIntensityd("image", subtrahend=list(vision_config.mean),
                                              divisor=list(vision_config.std), channel_wise=True)])
-    config = {"size": size, "in_chans": chans, "resize": resize, "window_index": window_index, "frame": frame}
+    limits = limits or resolve_limits()
+    config = {"size": size, "in_chans": chans, "resize": resize, "window_index": window_index, "frame": frame,
+              "max_pixels": limits.max_pixels, "min_size": limits.min_size}
     return ImageTransform(config, deterministic, random, normalize, cache_dir)
+
+
+def _unwrap(exc: BaseException) -> MedclipError:
+    """The project error inside MONAI's ``applying transform`` wrappers, or a DataError naming the real cause."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, MedclipError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    inner = exc
+    while inner.__cause__ is not None:
+        inner = inner.__cause__
+    text = (str(inner).strip().splitlines() or [""])[0][:200]
+    return DataError(f"preprocessing failed ({type(inner).__name__}: {text})")
 
 
 @contextlib.contextmanager

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..errors import DataError, MedclipError, require_file
+from ..errors import DataError, require_file
 from .prompts import ClassFile
 from .task import SINGLE, Task
 
@@ -131,10 +131,12 @@ class _ImageFiles(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, i):
+        from ..data.manifest import image_reason
+
         try:
             return i, self.transform(self.paths[i]), ""
-        except (MedclipError, OSError, ValueError, RuntimeError) as exc:  # decoders raise several kinds
-            return i, None, str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        except Exception as exc:  # one bad file is quarantined with data check's reason, never stops the run
+            return i, None, image_reason(exc, str(self.paths[i]))
 
 
 def _collate(items):
