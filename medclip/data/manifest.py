@@ -13,6 +13,7 @@ and same report). The same image with different reports is kept: several caption
 from __future__ import annotations
 
 import os
+import stat
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -88,19 +89,14 @@ def _canonical(raw: pd.DataFrame, cols: ManifestColumns, root: Path) -> pd.DataF
     df = raw.drop(columns=clashes).rename(columns=rename)
     df.insert(0, "line", range(2, len(df) + 2))
     df["image_raw"] = df["image"].str.strip()
-    df["image"] = [str((root / p).resolve()) if p else "" for p in df["image_raw"]]
+    base = str(root)  # already resolved: joining + normalising is exact and ~20x faster than resolve() per row
+    df["image"] = [os.path.normpath(os.path.join(base, p)) if p else "" for p in df["image_raw"]]
     for key in ("report", "report_path", "patient_id", "study_id", "split"):
         if key not in df.columns:
             df[key] = ""
         df[key] = df[key].fillna("").astype(str)
     df["patient_id"] = df["patient_id"].str.strip()
-    df["report_error"] = ""
-    for i in df.index[(df["report"].str.strip() == "") & (df["report_path"].str.strip() != "")]:
-        report_file = str((root / df.at[i, "report_path"].strip()).resolve())
-        try:
-            df.at[i, "report"] = read_report_file(report_file)
-        except (MedclipError, OSError) as exc:
-            df.at[i, "report_error"] = _reason(exc, report_file)
+    df["report"], df["report_error"] = _read_reports(df["report"].tolist(), df["report_path"].tolist(), base)
     df["split"] = [_SPLIT_ALIASES.get(s.strip().lower(), s.strip().lower()) for s in df["split"]]
     bad = sorted(set(df["split"]) - set(SPLITS) - {""})
     if bad:
@@ -108,6 +104,22 @@ def _canonical(raw: pd.DataFrame, cols: ManifestColumns, root: Path) -> pd.DataF
     for label in cols.labels:
         df[label] = pd.to_numeric(df[label].replace("", float("nan")), errors="coerce").astype("float32")
     return df.reset_index(drop=True)
+
+
+def _read_reports(reports: list[str], paths: list[str], base: str) -> tuple[list[str], list[str]]:
+    """Report texts (read from ``paths`` where the text is empty) and per-row read errors; each file read once."""
+    texts, errors, seen = list(reports), [""] * len(reports), {}
+    for i, (text, rel) in enumerate(zip(reports, paths)):
+        if text.strip() or not rel.strip():
+            continue
+        report_file = os.path.normpath(os.path.join(base, rel.strip()))
+        if report_file not in seen:
+            try:
+                seen[report_file] = (read_report_file(report_file), "")
+            except (MedclipError, OSError) as exc:
+                seen[report_file] = ("", _reason(exc, report_file))
+        texts[i], errors[i] = seen[report_file]
+    return texts, errors
 
 
 def check_manifest(df: pd.DataFrame, sections: list[str] | None = ("findings", "impression"),
@@ -134,43 +146,50 @@ def check_manifest(df: pd.DataFrame, sections: list[str] | None = ("findings", "
     reasons: dict[int, str] = {}
     texts = {}
     first_seen: dict[tuple[str, str], int] = {}
-    for i, row in df.iterrows():
-        if row["report_error"]:
-            reasons[i] = row["report_error"]
+    extracted: dict[str, str] = {}  # one extraction per distinct report (MIMIC: ~1.65 images per report)
+    for i, line, image, report, error in zip(df.index, df["line"], df["image"], df["report"], df["report_error"]):
+        if error:
+            reasons[i] = error
             continue
-        text = extract_sections(row["report"], sections)
-        if not normalize_whitespace(row["report"]):
+        if report not in extracted:
+            extracted[report] = extract_sections(report, sections)
+        text = extracted[report]
+        if not normalize_whitespace(report):
             reasons[i] = "empty report"
         elif not text:
             reasons[i] = f"report has none of the sections {', '.join(s.upper() for s in sections)}"
-        elif not row["image"]:
+        elif not image:
             reasons[i] = "no image path in this row"
-        elif (row["image"], text) in first_seen:
-            reasons[i] = f"duplicate of line {first_seen[(row['image'], text)]} (same image and report)"
+        elif (image, text) in first_seen:
+            reasons[i] = f"duplicate of line {first_seen[(image, text)]} (same image and report)"
         else:
-            first_seen[(row["image"], text)] = int(row["line"])
+            first_seen[(image, text)] = int(line)
             texts[i] = text
     image_errors = {}
-    paths = sorted({df.at[i, "image"] for i in texts})
+    images = df["image"].to_dict()
+    paths = sorted({images[i] for i in texts})
     for path in tqdm(paths, desc="checking images", disable=not progress, leave=False):
         image_errors[path] = _image_problem(path, decode if verify_images else None)
     for i in texts:
-        if image_errors[df.at[i, "image"]]:
-            reasons[i] = image_errors[df.at[i, "image"]]
+        if image_errors[images[i]]:
+            reasons[i] = image_errors[images[i]]
     good = df.loc[[i for i in df.index if i not in reasons]].copy()
     good["text"] = [texts[i] for i in good.index]
-    quarantine = pd.DataFrame([(int(df.at[i, "line"]), df.at[i, "image_raw"], reasons[i]) for i in sorted(reasons)],
+    lines, raw = df["line"].to_dict(), df["image_raw"].to_dict()
+    quarantine = pd.DataFrame([(int(lines[i]), raw[i], reasons[i]) for i in sorted(reasons)],
                               columns=QUARANTINE_COLUMNS)
     return good.reset_index(drop=True), quarantine
 
 
 def _image_problem(path: str, decode: Callable | None) -> str:
     """One-line reason why ``path`` is unusable, or ``""``."""
-    if not os.path.exists(path):
+    try:
+        st = os.stat(path)  # one stat call per image (377k for MIMIC)
+    except OSError:
         return "image file not found"
-    if os.path.isdir(path):
+    if stat.S_ISDIR(st.st_mode):
         return "image path is a folder, not a file"
-    if os.path.getsize(path) == 0:
+    if st.st_size == 0:
         return "empty image file (0 bytes)"
     if decode is None:
         return ""
