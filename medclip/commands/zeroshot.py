@@ -67,10 +67,17 @@ def summary(result) -> str:
              f"task {m['task']}, temperature {m['temperature']:.3f}"]
     if "metrics" not in m:
         return "\n".join([*lines, m.get("note", "")])
+    undefined = m.get("auroc_undefined", [])
     for name in [*m["classes"], "macro"]:
         key = "auroc_macro" if name == "macro" else f"auroc/{name}"
         a = m["metrics"][key]
-        lines.append(f"  AUROC {name:<24} {a['value']:.3f}  95% CI [{a['ci_low']:.3f}, {a['ci_high']:.3f}]")
+        if name in undefined:
+            lines.append(f"  AUROC {name:<24} undefined: one label value only among its known labels "
+                         f"({m['n_positive'][name]} positive); left out of the macro")
+            continue
+        label = f"macro ({len(m['classes']) - len(undefined)} of {len(m['classes'])})" if name == "macro" and \
+            undefined else name
+        lines.append(f"  AUROC {label:<24} {a['value']:.3f}  95% CI [{a['ci_low']:.3f}, {a['ci_high']:.3f}]")
     acc = m["metrics"]["accuracy"]
     lines.append(f"  accuracy {acc['value']:.3f} [{acc['ci_low']:.3f}, {acc['ci_high']:.3f}]  "
                  f"ECE {m['calibration']['ece']:.3f} (before scaling {m['calibration']['ece_before_scaling']:.3f})")

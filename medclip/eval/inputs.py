@@ -92,7 +92,7 @@ def attach_labels(df: pd.DataFrame, cf: ClassFile | Task, root: str | os.PathLik
     df["image"] = [str(p) if os.path.isabs(str(p)) else str(root / str(p)) for p in df[image_column]]
     df["patient_id"] = df["patient_id"].fillna("").astype(str).str.strip() if "patient_id" in df.columns else ""
     df["split"] = df["split"].fillna("").astype(str).str.strip().str.lower() if "split" in df.columns else ""
-    for column, values in task.manifest_labels(df).items():
+    for column, values in task.manifest_labels(df, where).items():
         df[column] = values
     return df
 

@@ -21,12 +21,15 @@ Two tasks:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import numpy as np
 
 from ..errors import DataError
 from .task import label_kind
+
+logger = logging.getLogger(__name__)
 
 
 def bootstrap_indices(n: int, groups: Sequence | None = None, n_resamples: int = 1000,
@@ -222,7 +225,12 @@ def evaluate(y_true, probs, class_names: Sequence[str], task: str = "single", th
                         "n_valid_resamples": int(vals.size)}
     targets = label_kind(task).indicator(y_true, len(class_names))
     positives = {n: int(np.nansum(targets[:, c])) for c, n in enumerate(class_names)}
-    return {"metrics": metrics, "n_images": int(len(probs)),
+    undefined = [n for n in class_names if np.isnan(point[f"auroc/{n}"])]
+    if undefined:  # the macro is over the others: say so, never silently
+        logger.warning("AUROC undefined for %s (only one label value among the evaluated images); the macro AUROC "
+                       "averages the other %d of %d", ", ".join(undefined), len(class_names) - len(undefined),
+                       len(class_names))
+    return {"metrics": metrics, "n_images": int(len(probs)), "auroc_undefined": undefined,
             "n_groups": int(len(set(map(str, groups)))) if groups is not None else int(len(probs)),
             "n_positive": positives,
             "bootstrap": {"n_resamples": n_bootstrap, "seed": seed, "ci": ci, "threshold": threshold,

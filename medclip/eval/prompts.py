@@ -76,6 +76,8 @@ class ClassFile:
         label_column: single-label: the manifest column holding class values.
         patient_regex: folder input: regex whose first match in the file name is the patient key
             (for the patient-level bootstrap); default: one patient per file.
+        uncertain: multi-label: what CheXpert's uncertain label (-1) means: ``ones``, ``zeros`` or
+            ``ignore`` (unknown, left out of that condition); see :mod:`medclip.data.labels`.
         description: free text for humans.
     """
 
@@ -85,6 +87,7 @@ class ClassFile:
     negative_templates: list = field(default_factory=lambda: ["no {}"])
     label_column: str = "label"
     patient_regex: str | None = None
+    uncertain: str = "ignore"
     description: str = ""
 
     @property
@@ -119,6 +122,9 @@ def _strict(cls, data, prefix: str, where: str):
 
 
 def _validate(cf: ClassFile, where: str) -> None:
+    from ..data.labels import check_policy
+
+    check_policy(cf.uncertain, f"{where}: uncertain")
     if cf.task == "single" and len(cf.classes) < 2:
         raise ConfigError(f"{where}: a single-label task needs at least 2 classes, got {cf.names}")
     for name, spec in cf.classes.items():

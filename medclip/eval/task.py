@@ -21,13 +21,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError, DataError
-
-UNCERTAIN = -1  # CheXpert-style "uncertain" label: treated as unknown
 
 
 class LabelKind:
@@ -205,6 +202,7 @@ class Task:
         values: single-label: class -> manifest values / folder names meaning it (default: its name).
         columns: multi-label: condition -> its manifest column (default: its name).
         no_finding: multi-label: the "No Finding" condition, if any (see the module docstring).
+        uncertain: multi-label: the policy for CheXpert's uncertain ``-1`` (``ones``, ``zeros`` or ``ignore``).
     """
 
     classes: list
@@ -215,6 +213,7 @@ class Task:
     values: dict = field(default_factory=dict)
     columns: dict = field(default_factory=dict)
     no_finding: str | None = None
+    uncertain: str = "ignore"
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -246,7 +245,7 @@ class Task:
         no_finding = [n for n in names if cf.classes[n].no_finding]
         return cls(classes=names, kind=cf.task, names=names + [cf.negative_templates[0].format(n) for n in names],
                    prompts=prompts + negatives, columns={n: cf.classes[n].column or n for n in names},
-                   no_finding=no_finding[0] if no_finding else None)
+                   no_finding=no_finding[0] if no_finding else None, uncertain=cf.uncertain)
 
     @property
     def label_kind(self) -> LabelKind:
@@ -281,28 +280,40 @@ class Task:
                             f"per condition)")
         return frame[cols].to_numpy(dtype=float, copy=True)
 
-    def manifest_labels(self, df) -> dict[str, np.ndarray]:
+    def manifest_labels(self, df, where: str = "manifest") -> dict[str, np.ndarray]:
         """The canonical label columns (``label`` or ``label/<condition>``) from a manifest's own columns.
 
-        Single-label: the class whose ``values`` hold the ``label_column`` value (case-insensitive;
-        -1 where the value is no class). Multi-label: 1/0 per condition column, NaN for unknown
-        (CheXpert's -1 included); an absent ``no_finding`` column is derived from the other conditions.
+        Values are mapped explicitly by :mod:`medclip.data.labels`. Single-label: the class whose
+        ``values`` (default: its name, case-insensitive) hold the ``label_column`` cell; an empty cell is
+        unlabelled (-1). Multi-label: 1/0 from ``1/0``, ``yes/no``, ``true/false``; empty is unknown (NaN);
+        CheXpert's ``-1`` follows :attr:`uncertain`; an absent ``no_finding`` column is derived from the
+        other conditions. A manifest without any label column is unlabelled (probabilities only).
+
+        Raises:
+            DataError: a cell that is no known value (one line naming the column and the values), or a
+                manifest that has some conditions' columns but not others'.
         """
+        from ..data.labels import binary_labels, class_labels
+
         if self.kind == SINGLE.name:
             if self.label_column not in df.columns:
                 return {"label": np.full(len(df), -1)}
-            lookup = {str(v).strip().lower(): i for i, n in enumerate(self.classes) for v in self.values.get(n, [n])}
-            return {"label": np.array([lookup.get(str(v).strip().lower(), -1) for v in df[self.label_column]])}
-        out = {}
-        for name in self.classes:
-            column = self.columns.get(name, name)
-            if column in df.columns:
-                values = np.array(pd.to_numeric(df[column], errors="coerce"), dtype=float)
-                values[values == UNCERTAIN] = np.nan
-                out[name] = values
+            classes = {n: self.values.get(n, [n]) for n in self.classes}
+            try:
+                return {"label": class_labels(df[self.label_column], self.label_column, classes, where)}
+            except DataError as exc:
+                raise DataError(f"{exc}; if the column holds codes such as 0/1, list them under each class's "
+                                "'values' in the class file (e.g. values: [0])") from None
+        columns = {n: self.columns.get(n, n) for n in self.classes}
+        out = {n: binary_labels(df[c], c, self.uncertain, where=where).astype(float)
+               for n, c in columns.items() if c in df.columns}
         if self.no_finding and self.no_finding not in out and out:
             others = np.stack(list(out.values()), 1)
             out[self.no_finding] = np.where((others == 1).any(1), 0.0, np.where((others == 0).all(1), 1.0, np.nan))
+        missing = [columns[n] for n in self.classes if n not in out]
+        if out and missing:
+            raise DataError(f"{where}: no label column for {missing} (columns: {', '.join(map(str, df.columns))}); "
+                            "add them, set 'column' in the class file, or drop those conditions")
         return {f"label/{n}": out.get(n, np.full(len(df), np.nan)) for n in self.classes}
 
     def labelled(self, y: np.ndarray) -> np.ndarray:
