@@ -18,6 +18,7 @@ import time
 import numpy as np
 import pandas as pd
 
+from medclip.data.csvsafe import unescape_frame, write_csv
 from medclip.errors import DataError, MissingFileError
 from medclip.eval.task import Task
 
@@ -90,14 +91,14 @@ def sample_split(table: pd.DataFrame, task: Task, shots: int, seed: int,
 
 def save_split(table: pd.DataFrame, path: str) -> None:
     """Write the drawn split (``image``, ``patient_id``, ``fewshot_split``) so a run repeats exactly."""
-    table[["image", "patient_id", "fewshot_split"]].to_csv(path, index=False)
+    write_csv(table[["image", "patient_id", "fewshot_split"]], path)
 
 
 def apply_split_csv(table: pd.DataFrame, path: str) -> pd.DataFrame:
     """Reuse a saved split: every image of the CSV must be in ``table``."""
     if not os.path.exists(path):
         raise MissingFileError(f"split CSV not found: {path}")
-    saved = pd.read_csv(path, dtype=str, keep_default_na=False)
+    saved = unescape_frame(pd.read_csv(path, dtype=str, keep_default_na=False))
     if not {"image", "fewshot_split"} <= set(saved.columns):
         raise DataError(f"{path}: a split CSV needs the columns image and fewshot_split")
     lookup = dict(zip(saved["image"], saved["fewshot_split"]))
@@ -171,8 +172,8 @@ def run_fewshot(method: str, model, task: Task, table: pd.DataFrame, shots: int,
     if output:
         _write_run(output, adapter, table, parts["test"], probs, result, row)
         if len(quarantined):
-            quarantined.assign(reason=quarantined["image"].map(bad))[["image", "reason"]].to_csv(
-                os.path.join(output, "quarantine.csv"), index=False)
+            write_csv(quarantined.assign(reason=quarantined["image"].map(bad))[["image", "reason"]],
+                      os.path.join(output, "quarantine.csv"))
     return row
 
 
@@ -191,7 +192,7 @@ def _write_run(output, adapter, table, test, probs, result, row) -> None:
     preds = test[["image", "patient_id"]].copy()
     for c, name in enumerate(adapter.task.classes):
         preds[f"prob/{name}"] = probs[:, c]
-    preds.to_csv(os.path.join(output, "predictions.csv"), index=False)
+    write_csv(preds, os.path.join(output, "predictions.csv"), keep=[c for c in preds.columns if c.startswith("prob/")])
     adapter.save(os.path.join(output, "adapter"))
 
 
@@ -265,9 +266,9 @@ def run_grid(methods: list[str], model, task: Task, table: pd.DataFrame, shots_l
         if method == "zeroshot":
             row["shots"], row["split_shots"] = 0, shots
         rows.append(row)
-        pd.DataFrame(rows).to_csv(os.path.join(output, "results.csv"), index=False)
+        write_csv(pd.DataFrame(rows), os.path.join(output, "results.csv"))
     results = pd.DataFrame(rows)
     summary = summarize(results)
-    summary.to_csv(os.path.join(output, "summary.csv"), index=False)
+    write_csv(summary, os.path.join(output, "summary.csv"))
     plot_curve(summary, os.path.join(output, "fewshot_curve.png"))
     return results

@@ -78,12 +78,13 @@ def _check(args) -> int:
 def _split(args) -> int:
     import pandas as pd
 
+    from ..data.csvsafe import unescape_frame, write_csv
     from ..data.manifest import load_manifest
     from ..data.splits import split_leak_free
 
     columns = _columns(args.column)
     df = split_leak_free(load_manifest(args.manifest, columns), args.val, args.test, args.seed)
-    raw = pd.read_csv(args.manifest, dtype=str, keep_default_na=False, encoding="utf-8")
+    raw = unescape_frame(pd.read_csv(args.manifest, dtype=str, keep_default_na=False, encoding="utf-8"))
     raw[columns.get("split", "split")] = df["split"].to_numpy()
     src = Path(args.manifest)
     out = Path(args.output) if args.output else src.with_name(f"{src.stem}_split.csv")
@@ -93,7 +94,7 @@ def _split(args) -> int:
             name = columns.get(key, key)
             if name in raw.columns:
                 raw[name] = [_relocate(v, src.resolve().parent, out.parent.resolve()) for v in raw[name]]
-    raw.to_csv(out, index=False)
+    write_csv(raw, out, keep=columns.get("labels", []))
     table = df.groupby("split").agg(rows=("image", "size"), images=("image", "nunique"),
                                     patients=("patient_id", lambda s: s[s != ""].nunique()))
     print(table.reindex(["train", "val", "test"]).fillna(0).astype(int).to_string())

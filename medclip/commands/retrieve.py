@@ -48,6 +48,8 @@ def run(args) -> int:
         with open(os.path.join(args.output, "retrieval.json"), "w", encoding="utf-8") as f:
             json.dump(json_safe(metrics), f, indent=2)
         if len(quarantine):
-            quarantine.to_csv(os.path.join(args.output, "quarantine.csv"), index=False)
+            from ..data.csvsafe import write_csv
+
+            write_csv(quarantine, os.path.join(args.output, "quarantine.csv"))
         print(f"wrote {args.output}/retrieval.json")
     return 0

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..errors import DataError
 from .config import DataConfig
+from .csvsafe import write_csv
 from .manifest import check_manifest, load_manifest, splits_manifest, write_quarantine
 from .splits import check_splits, split_leak_free
 from .transforms import build_image_transform
@@ -106,7 +107,7 @@ def prepare_manifest(data_config: DataConfig, decode=None, seed: int = 0,
                         f"fill it everywhere or delete it to split leak-free")
     else:
         good = split_leak_free(good, data_config.val, data_config.test, seed)
-        splits_manifest(good).to_csv(folder / "splits.csv", index=False)
+        write_csv(splits_manifest(good), folder / "splits.csv", keep=data_config.columns.labels)
         logger.info("data: leak-free split (seed %d) written to %s", seed, folder / "splits.csv")
     return good, quarantine, qpath
 

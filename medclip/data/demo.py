@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .csvsafe import write_csv
+
 ZONES = {("right", "upper"): (0.30, 0.33), ("right", "lower"): (0.30, 0.56),
          ("left", "upper"): (0.70, 0.33), ("left", "lower"): (0.70, 0.56)}
 HELDOUT_ZONE = ("left", "upper")
@@ -74,7 +76,7 @@ def make_demo_corpus(out_dir: str | os.PathLike, n_patients: int = 150, seed: in
     columns = ["image", "report", "patient_id", "study_id", "split", "heldout", "opacity_zone", "effusion_side",
                "format", *LABELS]
     path = out / manifest_name
-    df[columns].to_csv(path, index=False)
+    write_csv(df[columns], path)
     return path
 
 

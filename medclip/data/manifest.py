@@ -22,6 +22,7 @@ import pandas as pd
 
 from ..errors import DataError, MedclipError, require_file
 from .config import ManifestColumns
+from .csvsafe import unescape_frame, write_csv
 from .reports import extract_sections, normalize_whitespace, read_report_file
 
 SPLITS = ("train", "val", "test")
@@ -51,7 +52,7 @@ def load_manifest(path: str | os.PathLike, columns: ManifestColumns | dict | Non
     cols = columns if isinstance(columns, ManifestColumns) else from_dict(ManifestColumns, columns, "data.columns")
     require_file(path, "manifest")
     try:
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+        raw = unescape_frame(pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8"))
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: not a readable UTF-8 CSV manifest ({str(exc).splitlines()[0]})") from None
     found = ", ".join(raw.columns) or "none"
@@ -220,7 +221,7 @@ def write_quarantine(quarantine: pd.DataFrame, out_dir: str | os.PathLike) -> Pa
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "quarantine.csv"
-    quarantine.reindex(columns=QUARANTINE_COLUMNS).to_csv(path, index=False)
+    write_csv(quarantine.reindex(columns=QUARANTINE_COLUMNS), path)
     return path
 
 

@@ -63,9 +63,12 @@ def manifest_frame(path: str | os.PathLike) -> pd.DataFrame:
     """A manifest CSV read as strings (empty cells stay ``""``)."""
     require_file(path, "manifest")
     try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
         raise DataError(f"{path}: not a readable UTF-8 CSV manifest ({str(exc).splitlines()[0]})") from None
+    from ..data.csvsafe import unescape_frame
+
+    return unescape_frame(frame)
 
 
 def manifest_table(path: str | os.PathLike, cf: ClassFile, image_column: str = "image") -> pd.DataFrame:

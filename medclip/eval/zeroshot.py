@@ -290,9 +290,13 @@ def _write_outputs(result: ZeroShotResult, output: str, figures: bool, seed: int
     os.makedirs(output, exist_ok=True)
     result.metrics["medclip_version"] = __version__
     text_columns = [c for c in ("report", "report_path", "text") if c in result.table.columns]
-    result.table.drop(columns=text_columns).to_csv(os.path.join(output, "probabilities.csv"), index=False)
+    from ..data.csvsafe import write_csv
+
+    table = result.table.drop(columns=text_columns)
+    write_csv(table, os.path.join(output, "probabilities.csv"),
+              keep=[c for c in table.columns if c.startswith(("label", "prob/", "truth"))])
     if len(result.quarantine):
-        result.quarantine.to_csv(os.path.join(output, "quarantine.csv"), index=False)
+        write_csv(result.quarantine, os.path.join(output, "quarantine.csv"))
     if figures:
         n_band = min(200, result.metrics.get("bootstrap", {}).get("n_resamples", 200))
         result.figures = write_figures(result, output, n_bootstrap=n_band, seed=seed)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from ...errors import DataError, MissingFileError
+from ..csvsafe import write_csv
 from ..labels import UNCERTAIN_POLICIES, binary_labels, check_policy, normalize_cell
 
 FRONTAL_VIEWS = ("PA", "AP")
@@ -86,7 +87,7 @@ def write_manifest(df: pd.DataFrame, output: str | os.PathLike) -> Path:
     for column in ("image", "report_path"):
         if column in df.columns:
             df[column] = [_relative(p, folder) for p in df[column]]
-    df.to_csv(out, index=False)
+    write_csv(df, out)
     return out
 
 
