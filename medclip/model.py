@@ -94,8 +94,7 @@ class CLIP(nn.Module):
 
     def save_pretrained(self, folder: str, extra: dict | None = None) -> None:
         """Write ``config.json`` (architecture, medclip version, ``extra``) and ``model.safetensors``."""
-        from safetensors.torch import save_file
-
+        from .paths import save_safetensors
         from .version import __version__
 
         os.makedirs(folder, exist_ok=True)
@@ -103,7 +102,7 @@ class CLIP(nn.Module):
         with open(os.path.join(folder, CONFIG_NAME), "w", encoding="utf-8") as f:
             json.dump(meta, f, indent=2)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, os.path.join(folder, WEIGHTS_NAME), metadata={"format": "pt", "medclip": __version__})
+        save_safetensors(state, os.path.join(folder, WEIGHTS_NAME), metadata={"format": "pt", "medclip": __version__})
 
     @classmethod
     def from_pretrained(cls, folder: str, map_location: str | torch.device = "cpu") -> CLIP:

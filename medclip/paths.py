@@ -28,3 +28,16 @@ def resolve_path(path: str | os.PathLike) -> str:
         raise MissingFileError(f"{path}: Python package '{module}' is not installed "
                                f"(pip install it, e.g. pip install 'medclip[pretrained]')")
     return os.path.join(list(spec.submodule_search_locations)[0], rel)
+
+
+def save_safetensors(tensors: dict, path: str | os.PathLike, metadata: dict | None = None) -> None:
+    """``safetensors.torch.save_file`` with the file mode every other file gets (the user's umask).
+
+    safetensors creates its files mode 0600; weights written by medclip are shared like any output.
+    """
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path), metadata=metadata)
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)

@@ -1,7 +1,9 @@
 """Shared test fixtures.
 
 * ``shared_data``: ``../shared/data`` (or ``$MEDCLIP_SHARED_DATA``), the real files used by tests.
-* ``tiny_model`` / ``tokenizer``: the tiny random ViT CLIP (seeded), built once per session.
+* ``tiny_model`` / ``tokenizer``: the tiny random ViT CLIP (seeded), built once per session;
+  ``tiny_model_dir`` is that model saved as a folder. Use these instead of building another one.
+* ``demo_corpus``: a small synthetic demo corpus; ``demo_run``: a short pretraining on it.
 * In CI (``CI=true``) a skipped test fails the run unless it is marked ``gpu``: a skip there means
   something the project must provide (a package, a file) is missing.
 """
@@ -44,6 +46,14 @@ def tiny_model():
 
     torch.manual_seed(0)
     return medclip.create_model("tiny-vit").eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_model, tmp_path_factory) -> Path:
+    """``tiny_model`` saved as a model folder (``config.json`` + ``model.safetensors``), for CLI tests."""
+    folder = tmp_path_factory.mktemp("tiny_model")
+    tiny_model.save_pretrained(str(folder))
+    return folder
 
 
 @pytest.fixture(scope="module")

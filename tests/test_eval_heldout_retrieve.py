@@ -5,31 +5,20 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from sklearn.metrics import roc_auc_score
 
 from medclip.errors import DataError
 
 
 @pytest.fixture(scope="module")
-def demo_manifest(tmp_path_factory):
-    from medclip.data.demo import make_demo_corpus
-
-    return str(make_demo_corpus(tmp_path_factory.mktemp("demo"), n_patients=40, seed=0, image_size=64))
+def demo_manifest(demo_corpus):
+    return str(demo_corpus)
 
 
-@pytest.fixture(scope="module")
-def random_tiny():
-    import medclip
-
-    torch.manual_seed(0)
-    return medclip.create_model("tiny-vit").eval()
-
-
-def test_heldout_demo_report_auroc_with_ci(random_tiny, demo_manifest, tmp_path):
+def test_heldout_demo_report_auroc_with_ci(tiny_model, demo_manifest, tmp_path):
     from medclip.eval.heldout_demo import format_heldout, heldout_demo_report
 
-    report = heldout_demo_report(random_tiny, demo_manifest, str(tmp_path), n_bootstrap=100)
+    report = heldout_demo_report(tiny_model, demo_manifest, str(tmp_path), n_bootstrap=100)
     df = pd.read_csv(demo_manifest)
     evaluated = df[df["split"].isin(["val", "test"])]
     assert report["n_images"] == len(evaluated)
@@ -44,14 +33,14 @@ def test_heldout_demo_report_auroc_with_ci(random_tiny, demo_manifest, tmp_path)
     assert "AUROC" in format_heldout(report) and "95% CI" in format_heldout(report)
 
 
-def test_heldout_prompt_must_use_training_words_only(random_tiny, demo_manifest):
+def test_heldout_prompt_must_use_training_words_only(tiny_model, demo_manifest):
     from medclip.eval.heldout_demo import heldout_demo_report
 
     with pytest.raises(DataError, match="apical"):
-        heldout_demo_report(random_tiny, demo_manifest, prompts=["apical opacity on the left"], n_bootstrap=10)
+        heldout_demo_report(tiny_model, demo_manifest, prompts=["apical opacity on the left"], n_bootstrap=10)
 
 
-def test_pretrain_report_only_for_demo_recipes(random_tiny, demo_manifest, tmp_path, caplog):
+def test_pretrain_report_only_for_demo_recipes(tiny_model, demo_manifest, tmp_path, caplog):
     from types import SimpleNamespace
 
     from medclip.eval.heldout_demo import pretrain_report
@@ -59,7 +48,7 @@ def test_pretrain_report_only_for_demo_recipes(random_tiny, demo_manifest, tmp_p
     def recipe(manifest, demo=True):
         return SimpleNamespace(data=SimpleNamespace(manifest=str(manifest), demo=demo))
 
-    random_tiny.save_pretrained(str(tmp_path / "model"))
+    tiny_model.save_pretrained(str(tmp_path / "model"))
     line = pretrain_report(str(tmp_path / "model"), recipe(demo_manifest))
     assert line.startswith("zero-shot on the held-out finding") and (tmp_path / "zeroshot_heldout" / "roc.png").exists()
     assert pretrain_report(str(tmp_path / "model"), recipe(demo_manifest, demo=False)) is None
@@ -69,7 +58,7 @@ def test_pretrain_report_only_for_demo_recipes(random_tiny, demo_manifest, tmp_p
     assert "held-out demo report skipped" in caplog.text and "not a demo-corpus manifest" in caplog.text
 
 
-def test_cli_retrieve_on_real_covid_notes(random_tiny, shared_data, tmp_path, capsys):
+def test_cli_retrieve_on_real_covid_notes(tiny_model, shared_data, tmp_path, capsys):
     from medclip.cli import main
 
     src = shared_data / "covid-cxr-notes"
@@ -77,7 +66,7 @@ def test_cli_retrieve_on_real_covid_notes(random_tiny, shared_data, tmp_path, ca
     df["image"] = [str(src / p) for p in df["image"]]
     df.loc[len(df)] = {**df.iloc[0].to_dict(), "image": str(tmp_path / "missing.jpg"), "report": "other text"}
     df.to_csv(tmp_path / "m.csv", index=False)
-    random_tiny.save_pretrained(str(tmp_path / "model"))
+    tiny_model.save_pretrained(str(tmp_path / "model"))
     out = tmp_path / "out"
     assert main(["retrieve", "--model", str(tmp_path / "model"), "--manifest", str(tmp_path / "m.csv"),
                  "--sections", "--output", str(out)]) == 0
@@ -89,13 +78,13 @@ def test_cli_retrieve_on_real_covid_notes(random_tiny, shared_data, tmp_path, ca
     assert "image->text" in capsys.readouterr().out
 
 
-def test_demo_findings_class_file_on_test_split_with_calibration(random_tiny, demo_manifest):
+def test_demo_findings_class_file_on_test_split_with_calibration(tiny_model, demo_manifest):
     import os
 
     from medclip.eval.zeroshot import run_zeroshot
 
     classes = os.path.join(os.path.dirname(os.path.dirname(__file__)), "recipes", "classes", "demo-findings.yaml")
-    result = run_zeroshot(random_tiny, demo_manifest, classes, split="test", calibrate_on="val", n_bootstrap=20,
+    result = run_zeroshot(tiny_model, demo_manifest, classes, split="test", calibrate_on="val", n_bootstrap=20,
                           progress=False)
     df = pd.read_csv(demo_manifest)
     assert set(result.table["split"]) == {"test", "val"}
@@ -103,4 +92,4 @@ def test_demo_findings_class_file_on_test_split_with_calibration(random_tiny, de
     assert result.metrics["n_positive"]["effusion"] == df.loc[df["split"] == "test", "effusion"].sum()
     assert result.metrics["n_positive"]["normal"] == df.loc[df["split"] == "test", "normal"].sum()
     with pytest.raises(DataError, match="no rows with split 'tset'"):
-        run_zeroshot(random_tiny, demo_manifest, classes, split="tset", n_bootstrap=5, progress=False)
+        run_zeroshot(tiny_model, demo_manifest, classes, split="tset", n_bootstrap=5, progress=False)

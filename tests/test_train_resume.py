@@ -74,7 +74,7 @@ def test_kill_and_resume_is_bit_identical(demo_corpus, tmp_path):
 
     c = subprocess.run(_cmd(recipe, killed, "--resume"), capture_output=True, text=True, env=env, timeout=240)
     assert c.returncode == 0, c.stderr[-3000:]
-    assert f"(step {resumed_from})" in c.stderr and f"trained {EPOCHS * STEPS_PER_EPOCH} steps" in c.stdout
+    assert f"(step {resumed_from}, lr " in c.stderr and f"trained {EPOCHS * STEPS_PER_EPOCH} steps" in c.stdout
 
     want = load_file(str(straight / "model" / "model.safetensors"))
     got = load_file(str(killed / "model" / "model.safetensors"))

@@ -150,13 +150,8 @@ def test_folder_tree_labels_from_folder_and_file_names(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def saved_tiny(tmp_path_factory):
-    import medclip
-
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("model")
-    medclip.create_model("tiny-vit").save_pretrained(str(folder))
-    return folder
+def saved_tiny(tiny_model_dir):
+    return tiny_model_dir
 
 
 def test_cli_zeroshot_folder_tree_end_to_end(saved_tiny, tmp_path):

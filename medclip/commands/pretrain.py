@@ -10,7 +10,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe value, e.g. --set train.lr=3e-4 (repeatable)")
     parser.add_argument("--output", default=None, help="run folder (default: runs/<recipe name>)")
-    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --output from its newest good checkpoint (recipe keys that are safe "
+                             "to change, such as train.lr, may differ; others are refused)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start again in a used --output (its checkpoints, model/, logs are deleted first)")
     parser.add_argument("--max-steps", type=int, default=None,
                         help="stop cleanly (with a checkpoint) at this step; the lr schedule is unchanged")
     parser.add_argument("--max-minutes", type=float, default=None,
@@ -26,13 +30,29 @@ def run(args) -> int:
 
     recipe = load_recipe(args.recipe, args.overrides)
     output = args.output or os.path.join("runs", Path(args.recipe).stem)
-    result = train(recipe, output, resume=args.resume, max_steps=args.max_steps, max_minutes=args.max_minutes)
+    result = train(recipe, output, resume=args.resume, max_steps=args.max_steps, max_minutes=args.max_minutes,
+                   overwrite=args.overwrite)
     if int(os.environ.get("RANK", "0")) == 0:
         print(summary(result, output))
+        if result.get("stopped_by"):
+            print(budget_note(result, args, output))
         heldout = pretrain_report(os.path.join(output, "model"), recipe)
         if heldout:
             print(heldout)
     return 0
+
+
+def budget_note(result: dict, args, output: str) -> str:
+    """Two lines for a run a budget stopped: where it stopped in its plan, and the command that continues it."""
+    import shlex
+
+    budget = (f"the time budget ({args.max_minutes} min)" if args.max_minutes is not None else "the time budget "
+              "(train.max_minutes)") if result["stopped_by"] == "time" else f"--max-steps {args.max_steps}"
+    command = ["medclip", "pretrain", "--recipe", args.recipe, *[f"--set={o}" for o in args.overrides],
+               "--output", output, "--resume"]
+    return (f"stopped by {budget} after {result['step']} of {result['planned_steps']} planned steps (lr "
+            f"{result['lr']:.3g}, mid-schedule); model/ holds this unfinished model. Continue with:\n  "
+            f"{shlex.join(command)}")
 
 
 def summary(result: dict, output: str) -> str:

@@ -23,11 +23,12 @@ from ..loss import gather_features, get_loss
 from ..version import __version__
 from .build import autocast_context, build_data, build_model, resolve_precision, seed_everything, set_train_mode
 from .build import train_loader as make_loader
-from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, save_model_atomic
+from .checkpoint import list_checkpoints, load_newest_good, nonfinite_tensors, save_checkpoint, save_model_atomic
 from .distributed import DistInfo, barrier, cleanup_distributed, init_distributed, no_sync
 from .gradcache import gradcache_backward
 from .logging import MetricsLogger, plot_loss_curve
 from .optim import build_optimizer, build_scheduler
+from .rundir import RunLock, prepare_run_dir
 from .validate import validate
 
 logger = logging.getLogger("medclip.train")
@@ -95,7 +96,7 @@ class Run:
         seed_everything(cfg.seed + info.rank)  # augmentation/dropout stream (model init used cfg.seed)
         # the state a checkpoint carries besides the tensors (names are the keys of state.json)
         self.epoch, self.position, self.best_val_loss, self.first_loss = 0, 0, None, None
-        self.last_loss, self.metrics = None, {}
+        self.last_loss, self.metrics, self.stopped_by = None, {}, None
         if resume:
             self._resume()
         self.logger = MetricsLogger(run_dir, enabled=info.is_main)
@@ -107,14 +108,14 @@ class Run:
         return self.scheduler.last_epoch
 
     def _resume(self) -> None:
-        ckpts = list_checkpoints(self.run_dir)
-        if not ckpts:
-            logger.info("no checkpoint in %s; starting from scratch", self.run_dir / "checkpoints")
+        found = load_newest_good(self.run_dir, self.core, self.optimizer, self.scheduler, self.scaler)
+        if found is None:
+            logger.info("no usable checkpoint in %s; starting from scratch", self.run_dir / "checkpoints")
             return
-        meta = load_checkpoint(ckpts[-1], self.core, self.optimizer, self.scheduler, self.scaler)
+        folder, meta = found
         for key in ("epoch", "position", "best_val_loss", "first_loss"):
             setattr(self, key, meta.get(key, getattr(self, key)))
-        logger.info("resumed from %s (step %d)", ckpts[-1], self.step)
+        logger.info("resumed from %s (step %d, lr %.3g)", folder, self.step, self.optimizer.param_groups[0]["lr"])
 
     def train_step(self, micro: list[dict]) -> float:
         """One optimizer step over ``accumulation`` micro-batches; raises before applying a NaN/inf loss."""
@@ -122,7 +123,9 @@ class Run:
         losses = [forward_backward(self.model, b, cfg, self.device, self.precision, self.scaler, cfg.accumulation,
                                    sync=i == len(micro) - 1) for i, b in enumerate(micro)]
         loss = sum(losses) / len(losses)
-        _stop_if_diverged(loss, self.step, self.run_dir)
+        if not math.isfinite(loss):
+            raise TrainingDiverged(_diverged(f"loss is {loss} at step {self.step + 1}; stopped without applying it",
+                                             self.run_dir))
         optimizer_step(self.model, self.optimizer, self.scheduler, self.scaler, cfg.clip_grad)
         self.last_loss = loss
         self.first_loss = loss if self.first_loss is None else self.first_loss
@@ -131,6 +134,7 @@ class Run:
     def validate(self) -> None:
         """Validation metrics on rank 0 (logged), ``best/`` when the validation loss improves."""
         if self.info.is_main and self.val_loader is not None:
+            self.ensure_finite("best/")
             autocast = partial(autocast_context, self.device, self.precision)
             self.metrics = validate(self.core, self.val_loader, self.device, autocast, get_loss(self.cfg.loss),
                                     self.cfg.batch_size)
@@ -143,6 +147,7 @@ class Run:
 
     def checkpoint(self) -> None:
         """A resumable checkpoint of the current step (written by rank 0; all ranks wait for it)."""
+        self.ensure_finite("the checkpoint")
         if self.info.is_main:
             state = {"epoch": self.epoch, "position": self.position, "best_val_loss": self.best_val_loss,
                      "first_loss": self.first_loss, "recipe": self.recipe.to_dict(), "metrics": self.metrics}
@@ -165,18 +170,28 @@ class Run:
         """Final validation, ``model/``, closed logs and the loss curve; the run's result."""
         self.validate()
         if self.info.is_main:
+            self.ensure_finite("model/")
             save_model_atomic(self.core, self.run_dir / "model", extra=self._model_extra())
             self.logger.close()
             plot_loss_curve(self.logger.path, self.run_dir / "loss_curve.png")
         barrier()
-        return {"step": self.step, "first_loss": self.first_loss, "last_loss": self.last_loss, **self.metrics}
+        return {"step": self.step, "first_loss": self.first_loss, "last_loss": self.last_loss,
+                "planned_steps": self.total, "stopped_by": self.stopped_by,
+                "lr": self.optimizer.param_groups[0]["lr"], **self.metrics}
+
+    def ensure_finite(self, what: str) -> None:
+        """Raise :class:`TrainingDiverged` instead of saving ``what`` when a weight is NaN/inf."""
+        bad = nonfinite_tensors(self.core)
+        if bad:
+            raise TrainingDiverged(_diverged(f"weights became non-finite by step {self.step} ({bad[0]} and "
+                                             f"{len(bad) - 1} more); {what} was not saved", self.run_dir))
 
     def _model_extra(self) -> dict:
         return {"recipe": self.recipe.to_dict(), "step": self.step}
 
 
 def train(recipe, output: str, resume: bool = False, max_steps: int | None = None,
-          max_minutes: float | None = None) -> dict:
+          max_minutes: float | None = None, overwrite: bool = False) -> dict:
     """Pretrain ``recipe`` into ``output`` (checkpoints, logs, final ``output/model``); return final metrics.
 
     Args:
@@ -186,19 +201,29 @@ def train(recipe, output: str, resume: bool = False, max_steps: int | None = Non
         max_steps: stop (with a checkpoint) at this global step; the lr schedule is unchanged.
         max_minutes: stop (with a checkpoint) after this many minutes of this invocation (None: the
             recipe's ``train.max_minutes``).
+        overwrite: delete a previous run's outputs in ``output`` first (see :mod:`medclip.train.rundir`).
 
     Raises:
-        TrainingDiverged: on a NaN/inf loss (the step is not applied; earlier checkpoints are kept).
+        TrainingDiverged: on a NaN/inf loss or weights (nothing broken is saved; earlier checkpoints are kept).
+        RunFolderError: ``output`` is in use, holds a run (without ``resume``/``overwrite``), or the resumed
+            recipe changes a key that cannot change.
     """
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
-    info = init_distributed(recipe.train.device)
+    info, run_dir, lock = init_distributed(recipe.train.device), Path(output), None
     try:
-        run = Run(recipe, Path(output), info, resume)
+        if info.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            lock = RunLock(run_dir).acquire()
+            prepare_run_dir(run_dir, recipe, resume, overwrite)
+        barrier()
+        run = Run(recipe, run_dir, info, resume)
         minutes = recipe.train.max_minutes if max_minutes is None else max_minutes  # the flag overrides the recipe
         _fit(run, min(run.total, max_steps or run.total), minutes)
         return run.finish()
     finally:
+        if lock is not None:
+            lock.release()
         cleanup_distributed()
 
 
@@ -222,8 +247,10 @@ def _fit(run: Run, stop_at: int, max_minutes: float | None) -> None:
             if run.step % cfg.log_every == 0 or run.step == stop_at:
                 run.log(bar, stop_at, elapsed / (run.step - first_step))
             bar.update(run.images_per_step)
-            out_of_time = max_minutes is not None and elapsed > 60 * max_minutes
-            stopped = run.step >= stop_at or _any_rank(out_of_time, run.device)
+            out_of_time = _any_rank(max_minutes is not None and elapsed > 60 * max_minutes, run.device)
+            stopped = run.step >= stop_at or out_of_time
+            if stopped and run.step < run.total:
+                run.stopped_by = "time" if out_of_time else "steps"
             if stopped or (cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0):
                 run.checkpoint()
             if stopped:
@@ -242,13 +269,11 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def _stop_if_diverged(loss: float, step: int, run_dir: Path) -> None:
-    """Raise :class:`TrainingDiverged` (naming the last good checkpoint) when ``loss`` is NaN/inf."""
-    if not math.isfinite(loss):
-        good = list_checkpoints(run_dir)
-        raise TrainingDiverged(f"loss is {loss} at step {step + 1}; stopped without applying it. "
-                               f"Last good checkpoint: {good[-1] if good else 'none'} (lower train.lr, "
-                               f"use train.precision=fp32, then --resume)")
+def _diverged(what: str, run_dir: Path) -> str:
+    """The divergence message: what happened, the last good checkpoint, and how to continue."""
+    good = list_checkpoints(run_dir)
+    return (f"{what}. Last good checkpoint: {good[-1] if good else 'none'} (lower train.lr, e.g. --set "
+            f"train.lr=1e-4, or use train.precision=fp32, then --resume)")
 
 
 def _any_rank(flag: bool, device) -> bool:
