@@ -3,7 +3,8 @@
 The namespace of a model's features is the image tower's hash (:func:`medclip.eval.prompts.tower_hash`
 of ``visual``) plus the transform config, so methods that adapt only the text side (CoOp, text LoRA,
 CLIP-Adapter, Tip-Adapter, the probe) all reuse the same cached features. On disk the features are
-safetensors shards (no pickles); caches are trusted local files.
+safetensors shards (no pickles) with a SHA-256 checksum each; a shard that fails it is skipped and its
+images re-encoded. Caches are trusted local files: the checksum detects corruption, not tampering.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from medclip.data.cachefile import load_checked, save_checked
 from medclip.errors import DataError
 from medclip.eval.prompts import tower_hash
 
@@ -86,11 +88,9 @@ class FeatureCache:
             self._store[key] = {}
             folder = os.path.join(self.cache_dir, key) if self.cache_dir else None
             if folder and os.path.isdir(folder):
-                from safetensors.torch import load_file
-
                 for name in sorted(os.listdir(folder)):
-                    if name.endswith(".safetensors"):
-                        self._store[key].update(load_file(os.path.join(folder, name)))
+                    if name.endswith(".safetensors"):  # a corrupt shard is skipped: its images are re-encoded
+                        self._store[key].update(load_checked(os.path.join(folder, name), "feature-cache shard") or {})
         return self._store[key]
 
     def put(self, model, paths: Sequence[str], features: torch.Tensor) -> None:
@@ -101,13 +101,9 @@ class FeatureCache:
                zip(paths, F.normalize(features.float(), dim=-1))}
         space.update(new)
         if self.cache_dir and new:
-            from safetensors.torch import save_file
-
             folder = os.path.join(self.cache_dir, key)
-            os.makedirs(folder, exist_ok=True)
             shard = os.path.join(folder, f"features-{hashlib.sha1(''.join(sorted(new)).encode()).hexdigest()[:16]}")
-            save_file(new, f"{shard}.{os.getpid()}.tmp", metadata={"format": "pt"})
-            os.replace(f"{shard}.{os.getpid()}.tmp", f"{shard}.safetensors")  # atomic: no torn shard if killed
+            save_checked(new, f"{shard}.safetensors", metadata={"format": "pt"})  # atomic, with its checksum
 
     def features(self, model, paths: Sequence[str]) -> torch.Tensor:
         """Normalised image features ``(N, D)`` for ``paths``, encoding only those not cached yet.

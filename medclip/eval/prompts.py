@@ -232,22 +232,17 @@ def cached_text_embeddings(model, tokenizer, texts: list[str], cache_dir: str | 
     """
     if not cache_dir:
         return encode_texts(model, tokenizer, texts)
-    from safetensors.torch import load_file, save_file
+    from ..data.cachefile import load_checked, save_checked
 
     fingerprint = fingerprint or tower_hash(model, "text")
     key = hashlib.sha256(json.dumps([fingerprint, texts]).encode()).hexdigest()
     path = os.path.join(cache_dir, f"{key}.safetensors")
-    if os.path.exists(path):
-        try:
-            return load_file(path)["embeddings"]
-        except Exception:  # a torn write from a killed run: recompute
-            pass
+    cached = load_checked(path, "prompt cache") if os.path.exists(path) else None
+    if cached is not None and "embeddings" in cached and cached["embeddings"].shape[0] == len(texts):
+        return cached["embeddings"]
     with torch.no_grad():
         emb = encode_texts(model, tokenizer, texts).cpu()
-    os.makedirs(cache_dir, exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    save_file({"embeddings": emb.contiguous()}, tmp, metadata={"texts": json.dumps(texts)[:60000]})
-    os.replace(tmp, path)
+    save_checked({"embeddings": emb}, path, metadata={"texts": json.dumps(texts)[:60000]})
     return emb
 
 
