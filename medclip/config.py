@@ -87,7 +87,9 @@ class TextConfig:
         act: ``gelu`` or ``quick_gelu``.
         hf_model_dir: a local transformers encoder folder; when set the CLIP-specific sizes are ignored.
         pooling: ``cls`` or ``mean`` pooling of an HF encoder's output.
-        proj_bias: whether the projection to the joint embedding has a bias.
+        proj_bias: whether the (linear) projection to the joint embedding has a bias.
+        proj: projection of an HF encoder: ``linear``, or ``mlp`` (Linear-GELU-Linear without biases,
+            hidden ``(width + embed_dim) // 2``, open_clip's ``hf_proj_type: mlp``, e.g. BiomedCLIP).
     """
 
     context_length: int = 77
@@ -100,10 +102,15 @@ class TextConfig:
     hf_model_dir: str | None = None
     pooling: str = "cls"
     proj_bias: bool = False
+    proj: str = "linear"
 
     def __post_init__(self):
         _check_choice("text.act", self.act, ACTIVATIONS)
         _check_choice("text.pooling", self.pooling, ("cls", "mean"))
+        _check_choice("text.proj", self.proj, ("linear", "mlp"))
+        if self.proj == "mlp" and self.hf_model_dir is None:
+            raise ConfigError("text.proj: mlp is for Hugging Face text towers (text.hf_model_dir); CLIP's own "
+                              "text tower projects linearly")
         if self.hf_model_dir is None and self.width % self.heads:
             raise ConfigError(f"text.width ({self.width}) must be divisible by text.heads ({self.heads})")
 

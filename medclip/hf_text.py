@@ -34,13 +34,12 @@ class HFTextTower(nn.Module):
 
     def __init__(self, config: TextConfig, embed_dim: int):
         super().__init__()
-        from transformers import AutoModel
 
         self.config = config
         folder = resolve_path(config.hf_model_dir)
         require_file(os.path.join(folder, "config.json"), "Hugging Face text model config (text.hf_model_dir)")
         try:
-            self.model = AutoModel.from_pretrained(folder, local_files_only=True).float()
+            self.model = _load_encoder(folder)
         except (OSError, ValueError, KeyError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ConfigError(f"text.hf_model_dir {folder}: transformers cannot load an encoder there ({first})") \
@@ -51,10 +50,15 @@ class HFTextTower(nn.Module):
         self.pad_token_id = hf_config.pad_token_id if hf_config.pad_token_id is not None else 0
         self.context_length = min(config.context_length, getattr(hf_config, "max_position_embeddings", 10**6))
         self.width = hf_config.hidden_size
-        self.text_projection = nn.Linear(self.width, embed_dim, bias=config.proj_bias)
-        nn.init.normal_(self.text_projection.weight, std=self.width**-0.5)
-        if config.proj_bias:
-            nn.init.zeros_(self.text_projection.bias)
+        if config.proj == "mlp":  # open_clip's hf_proj_type: mlp (BiomedCLIP)
+            hidden = (self.width + embed_dim) // 2
+            self.text_projection = nn.Sequential(nn.Linear(self.width, hidden, bias=False), nn.GELU(),
+                                                 nn.Linear(hidden, embed_dim, bias=False))
+        else:
+            self.text_projection = nn.Linear(self.width, embed_dim, bias=config.proj_bias)
+            nn.init.normal_(self.text_projection.weight, std=self.width**-0.5)
+            if config.proj_bias:
+                nn.init.zeros_(self.text_projection.bias)
         self.max_buckets = 1  # length bucketing is a CLIP-tower feature; batches here are only trimmed
 
     @property
@@ -102,3 +106,16 @@ class HFTextTower(nn.Module):
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         else:
             self.model.gradient_checkpointing_disable()
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".ckpt", ".onnx", ".index.json")
+
+
+def _load_encoder(folder: str):
+    """``AutoModel`` from the folder's weights, or built from its ``config.json`` when it has none (a
+    model folder written by medclip keeps the encoder's weights in its own ``model.safetensors``)."""
+    from transformers import AutoConfig, AutoModel
+
+    if any(name.endswith(WEIGHT_SUFFIXES) for name in os.listdir(folder)):
+        return AutoModel.from_pretrained(folder, local_files_only=True).float()
+    return AutoModel.from_config(AutoConfig.from_pretrained(folder, local_files_only=True)).float()

@@ -22,6 +22,7 @@ from .vision import VisionTower
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+TEXT_DIR = "text"  # a model folder's copy of its Hugging Face text encoder's config and tokenizer files
 
 
 class CLIP(nn.Module):
@@ -98,7 +99,10 @@ class CLIP(nn.Module):
         from .version import __version__
 
         os.makedirs(folder, exist_ok=True)
-        meta = {"model": to_dict(self.config), "medclip_version": __version__, **(extra or {})}
+        config = to_dict(self.config)
+        if self.config.text.hf_model_dir:  # self-contained: the encoder's config + tokenizer travel inside
+            config["text"]["hf_model_dir"] = copy_text_files(self.config.text.hf_model_dir, folder)
+        meta = {"model": config, "medclip_version": __version__, **(extra or {})}
         with open(os.path.join(folder, CONFIG_NAME), "w", encoding="utf-8") as f:
             json.dump(meta, f, indent=2)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
@@ -119,7 +123,11 @@ class CLIP(nn.Module):
                 meta = json.load(f)
             except json.JSONDecodeError as exc:
                 raise CheckpointError(f"{config_path}: not valid JSON ({exc})") from None
-        model = cls(from_dict(ModelConfig, meta.get("model", meta), "model"))
+        model_dict = meta.get("model", meta)
+        text = model_dict.get("text") if isinstance(model_dict, dict) else None
+        if isinstance(text, dict) and text.get("hf_model_dir") == TEXT_DIR:  # relative to this folder
+            model_dict = {**model_dict, "text": {**text, "hf_model_dir": os.path.join(folder, TEXT_DIR)}}
+        model = cls(from_dict(ModelConfig, model_dict, "model"))
         load_weights(model, os.path.join(folder, WEIGHTS_NAME), map_location)
         return model
 
@@ -155,3 +163,22 @@ def check_state_dict(model: nn.Module, state: dict, source: str, strict: bool = 
             problems.append(f"{label} ({len(keys)}): {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}")
     if problems:
         raise CheckpointError(f"{source} does not match the model: {'; '.join(problems)}")
+
+
+def copy_text_files(source: str, folder: str) -> str:
+    """Copy a Hugging Face text encoder's config and tokenizer files (not its weights: the model folder
+    holds them) into ``folder/text``; return the relative name written to ``config.json``."""
+    import shutil
+
+    from .hf_text import WEIGHT_SUFFIXES
+    from .paths import resolve_path
+
+    source, target = resolve_path(source), os.path.join(folder, TEXT_DIR)
+    if os.path.abspath(source) == os.path.abspath(target):
+        return TEXT_DIR
+    os.makedirs(target, exist_ok=True)
+    for name in os.listdir(source):
+        path = os.path.join(source, name)
+        if os.path.isfile(path) and not name.endswith(WEIGHT_SUFFIXES) and not name.startswith("."):
+            shutil.copyfile(path, os.path.join(target, name))
+    return TEXT_DIR

@@ -133,14 +133,15 @@ def test_loader_errors_are_one_line(tmp_path, capsys):
         medclip.from_hf_clip(str(tmp_path))
     torch.save({"encoder.weight": torch.zeros(2, 2)}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="not an OpenAI/open_clip CLIP"):
-        medclip.from_open_clip(str(tmp_path / "other.pt"))
+        medclip.from_open_clip(str(tmp_path / "other.pt"), "ViT-B-32")
     # a tensor of the wrong shape is named
     state = _open_clip_model(dict(layers=1, width=64, patch_size=16, image_size=32), False).state_dict()
     state["ln_final.weight"] = torch.ones(65)
     torch.save(state, tmp_path / "bad.pt")
     with pytest.raises(CheckpointError, match=r"shape mismatch .*text\.ln_final\.weight"):
-        medclip.from_open_clip(str(tmp_path / "bad.pt"))
-    assert main(["convert", "--from", "open-clip", str(tmp_path / "bad.pt"), "--output", str(tmp_path / "o")]) == 2
+        medclip.from_open_clip(str(tmp_path / "bad.pt"), "tiny")
+    assert main(["convert", "--from", "open-clip", str(tmp_path / "bad.pt"), "--model-name", "tiny",
+                 "--output", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "text.ln_final.weight" in err
 
@@ -151,7 +152,7 @@ def test_openai_clip_trunk_key_map(tmp_path, vision_cfg):
     """vision.trunk_key_map=openai_clip loads just the image trunk of a CLIP checkpoint."""
     reference = _open_clip_model(vision_cfg, quick_gelu=False)
     torch.save(reference.state_dict(), tmp_path / "clip.pt")
-    full = medclip.from_open_clip(str(tmp_path / "clip.pt"))
+    full = medclip.from_open_clip(str(tmp_path / "clip.pt"), "tiny")
     vision = {**medclip.config.to_dict(full.config)["vision"], "trunk_weights": str(tmp_path / "clip.pt"),
               "trunk_key_map": "openai_clip"}
     torch.manual_seed(5)

@@ -3,8 +3,10 @@ weights, loaded through medclip's HF text tower and trunk key maps."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -76,7 +78,10 @@ def test_hf_text_tower_save_and_reload(tmp_path):
     with torch.no_grad():
         model.text.text_projection.weight.normal_()  # differs from any fresh init
     model.save_pretrained(tmp_path / "clip")
-    loaded = medclip.from_pretrained(str(tmp_path / "clip")).eval()
+    shutil.rmtree(bert_dir)  # the saved folder carries the encoder's config and tokenizer in text/
+    shutil.move(str(tmp_path / "clip"), str(tmp_path / "moved"))
+    loaded = medclip.from_pretrained(str(tmp_path / "moved")).eval()
+    assert json.loads((tmp_path / "moved" / "config.json").read_text())["model"]["text"]["hf_model_dir"] == "text"
     ids = medclip.get_tokenizer(loaded.config)(["cardiomegaly", "clear lungs bilaterally"])
     with torch.no_grad():
         assert torch.allclose(loaded.encode_text(ids), model.encode_text(ids), atol=1e-6)

@@ -7,6 +7,8 @@ unexpected or mis-shaped tensor with the first few names listed.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..config import ModelConfig, from_dict
@@ -54,7 +56,20 @@ def count_layers(state: dict, prefix: str) -> int:
 
 
 def build_and_load(config: dict, state: dict, source: str) -> CLIP:
-    """Build our CLIP from a config dict and load ``state`` strictly (clear errors), in eval mode."""
+    """Build our CLIP from a config dict and load ``state`` strictly (clear errors), in eval mode.
+
+    The logit-scale clamp is raised to at least the stored log scale (a checkpoint is never clipped), and a
+    stored ``logit_bias`` (SigLIP) gives the model its bias parameter.
+    """
+    config = dict(config)
+    if torch.is_tensor(state.get("logit_scale")) and state["logit_scale"].numel() == 1:
+        stored = float(state["logit_scale"])
+        config["max_logit_scale"] = max(float(config.get("max_logit_scale", math.log(100))), stored)
+    if torch.is_tensor(state.get("logit_bias")) and state["logit_bias"].numel() == 1:
+        state = {**state, "logit_bias": state["logit_bias"].reshape(())}
+        config["init_logit_bias"] = float(state["logit_bias"])
+    if torch.is_tensor(state.get("logit_scale")):
+        state = {**state, "logit_scale": state["logit_scale"].reshape(())}
     model = CLIP(from_dict(ModelConfig, config, "model"))
     own = model.state_dict()
     state = {k: v.to(own[k].dtype) if k in own else v for k, v in state.items()}

@@ -38,7 +38,8 @@ def from_open_clip(checkpoint: str, model_name: str = "", quick_gelu: bool | Non
         checkpoint: a state dict file (``.safetensors``, or ``torch.save`` of a state dict / training
             checkpoint; ``pkg:`` paths allowed). TorchScript archives are refused.
         model_name: the open_clip model name (``ViT-B-32``, ``RN50-quickgelu``, ...); used for the
-            activation and as our config's name.
+            activation and as our config's name. Required unless ``quick_gelu`` (or ``model_config``'s
+            ``quick_gelu``) is given: the tensors cannot tell GELU from QuickGELU.
         quick_gelu: force the activation (default: ``"quickgelu" in model_name``).
         model_config: open_clip-style overrides for what the tensors do not say (head widths).
 
@@ -51,6 +52,11 @@ def from_open_clip(checkpoint: str, model_name: str = "", quick_gelu: bool | Non
     """
     state = read_state_dict(checkpoint, "open_clip checkpoint")
     config = config_from_open_clip(state, model_name, quick_gelu, model_config, source=str(checkpoint))
+    if not model_name and quick_gelu is None and "quick_gelu" not in (model_config or {}):
+        raise CheckpointError(
+            f"{checkpoint}: a bare OpenAI-layout state dict does not say its activation (GELU and QuickGELU "
+            f"models save the same keys); name it: --model-name X-quickgelu for OpenAI-trained weights "
+            f"(e.g. CheXzero: ViT-B-32-quickgelu) or --model-name X for open_clip GELU models (e.g. ViT-B-32)")
     return build_and_load(config, convert_open_clip_state(state), f"{checkpoint} (open_clip)")
 
 
@@ -67,7 +73,7 @@ def config_from_open_clip(state: dict, model_name: str = "", quick_gelu: bool | 
         raise CheckpointError(f"{source}: not an OpenAI/open_clip CLIP state dict (missing {what}); "
                               f"custom-text (HF) or CoCa towers are not supported")
     if "visual.class_embedding" in state:
-        vision = _vit_config(state, act, model_config.get("vision_cfg", {}))
+        vision = _vit_config(state, act, model_config.get("vision_cfg", {}), source)
     elif "visual.attnpool.c_proj.weight" in state:
         vision = _resnet_config(state, model_config.get("vision_cfg", {}), source)
     else:
@@ -89,8 +95,11 @@ def config_from_open_clip(state: dict, model_name: str = "", quick_gelu: bool | 
     return {"embed_dim": embed_dim, "vision": vision, "text": text, "name": name}
 
 
-def _vit_config(state: dict, act: str, vision_cfg: dict) -> dict:
+def _vit_config(state: dict, act: str, vision_cfg: dict, source: str) -> dict:
     width = state["visual.conv1.weight"].shape[0]
+    if width % vision_cfg.get("head_width", 64):
+        raise ConfigError(f"{source}: vision_cfg.head_width {vision_cfg['head_width']} does not divide the image tower "
+                          f"width {width} of the weights: the config does not match the checkpoint")
     patch = state["visual.conv1.weight"].shape[-1]
     grid = math.isqrt(state["visual.positional_embedding"].shape[0] - 1)
     heads = width // vision_cfg.get("head_width", 64)
