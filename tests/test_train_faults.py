@@ -206,3 +206,21 @@ def test_saved_weights_follow_the_umask(short_run):
     for path in [short_run / "model" / "model.safetensors", *short_run.glob("checkpoints/*/optimizer.safetensors")]:
         assert path.stat().st_mode & 0o777 == 0o666 & ~mask, path
     assert (short_run / "metrics.csv").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_a_budget_stop_says_so_and_gives_the_resume_command(demo_corpus, tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(demo_recipe_dict(demo_corpus, **SPEC)))
+    run = tmp_path / "run"
+    argv = ["pretrain", "--recipe", str(recipe), "--output", str(run), "--set", "train.log_every=1"]
+    assert cli_main([*argv, "--max-steps", "3"]) == 0
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    note = next(i for i, line in enumerate(lines) if line.startswith("stopped by"))
+    assert lines[note].startswith("stopped by --max-steps 3 after 3 of 5 planned steps (lr ")
+    assert "step 3/3 loss" in captured.err and "s/step ETA 0:00:00" in captured.err  # progress: time per step, ETA
+    resume = lines[note + 1].split()
+    assert resume[:2] == ["medclip", "pretrain"] and resume[-1] == "--resume" and "--set=train.log_every=1" in resume
+    assert cli_main(resume[1:]) == 0  # the printed command continues the run to its planned end
+    out = capsys.readouterr().out
+    assert "trained 5 steps" in out and "stopped by" not in out

@@ -20,7 +20,7 @@ from ..errors import DataError
 from .config import DataConfig
 from .csvsafe import write_csv
 from .manifest import check_manifest, load_manifest, splits_manifest, write_quarantine
-from .splits import check_splits, split_leak_free
+from .splits import carve_validation, check_splits, split_leak_free
 from .transforms import build_image_transform
 
 logger = logging.getLogger("medclip.data")
@@ -102,6 +102,12 @@ def prepare_manifest(data_config: DataConfig, decode=None, seed: int = 0,
     given = good["split"] != ""
     if given.all():
         check_splits(good)
+        if data_config.val > 0 and not (good["split"] == "val").any() and (good["split"] == "train").any():
+            good = carve_validation(good, data_config.val, seed)
+            write_csv(splits_manifest(good), folder / "splits.csv", keep=data_config.columns.labels)
+            logger.info("data: no validation split given: %d training rows (whole patients, data.val %.2f) "
+                        "validate instead, never test rows; written to %s", (good["split"] == "val").sum(),
+                        data_config.val, folder / "splits.csv")
     elif given.any():
         raise DataError(f"{manifest}: split column is empty on {int((~given).sum())} of {len(good)} good rows; "
                         f"fill it everywhere or delete it to split leak-free")

@@ -71,6 +71,19 @@ def split_leak_free(df: pd.DataFrame, val: float = 0.1, test: float = 0.1, seed:
     return out
 
 
+def carve_validation(df: pd.DataFrame, val: float = 0.1, seed: int = 0) -> pd.DataFrame:
+    """Move a ``val`` fraction of the **training** rows (whole patient/image components) into a ``val`` split.
+
+    For manifests that give train/test but no validation split: validation must never touch the test
+    patients, so it is carved out of the training ones. Other splits are left as they are.
+    """
+    out = df.copy()
+    train = (out["split"] == "train").to_numpy()
+    part = split_leak_free(out.loc[train, ["image", "patient_id"]], val=val, test=0.0, seed=seed)
+    out.loc[train, "split"] = part["split"].to_numpy()
+    return out
+
+
 def check_splits(df: pd.DataFrame) -> None:
     """Raise when a given ``split`` column leaks: one patient or image (component) in several splits.
 

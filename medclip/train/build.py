@@ -110,7 +110,10 @@ def build_data(recipe, model_config, info: DistInfo, run_dir) -> tuple:
         raise DataError(f"{recipe.data.manifest}: {len(dataset)} training rows, fewer than one global batch "
                         f"({batch_size} x {info.world_size} processes); lower train.batch_size")
     sampler = ShardedBatchSampler(len(dataset), batch_size, cfg.seed, info.rank, info.world_size)
-    return dataset, sampler, loaders.get("val", loaders.get("test"))
+    if "val" not in loaders:
+        logger.warning("no validation rows (data.val is 0, or too few patients): no validation metrics and no "
+                       "best/; test rows are never used for validation")
+    return dataset, sampler, loaders.get("val")
 
 
 def train_loader(dataset, sampler: ShardedBatchSampler, recipe, epoch: int, start: int, device) -> DataLoader:
