@@ -25,21 +25,10 @@ from medclip.errors import ConfigError, DataError, MissingFileError
 from medclip.eval.task import Task
 
 from .cache import FeatureCache, frozen
+from .selection import against_zeroshot, selection_score  # noqa: F401  (selection_score: methods import it here)
 
 METHOD_FILE = "method.json"
 WEIGHTS_FILE = "weights.safetensors"
-
-
-def selection_score(task: Task, scores, y: np.ndarray) -> tuple[float, float]:
-    """Validation score to maximise when choosing hyperparameters (probe C, Tip's alpha/beta).
-
-    Accuracy (single-label) or mean AUROC over conditions (multi-label), then minus the NLL to break the
-    ties that tiny validation sets produce.
-    """
-    scores = np.asarray(scores, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    nll = float(task.loss(torch.as_tensor(scores), torch.as_tensor(y)))
-    return task.label_kind.selection_metric(scores, y), -nll
 
 
 class Buffers(nn.Module):
@@ -159,16 +148,32 @@ class FewShotMethod:
             raise DataError(f"{self.name}: the training split is empty")
         with frozen(self.model):
             self._fit(train, val)
-        if self.module is not None:
-            self.module.eval()
+            if self.module is not None:
+                self.module.eval()
+            if self.name != "zeroshot":
+                against_zeroshot(self, val)
         self.fitted = True
         return self
+
+    def zeroshot_scores(self, frame) -> torch.Tensor:
+        """The zero-shot classifier's per-class logits of ``frame`` (the starting point of prompt methods)."""
+        from medclip.eval.zeroshot import ZeroShotClassifier
+
+        if getattr(self, "_zeroshot", None) is None:
+            self._zeroshot = ZeroShotClassifier(self.model, self.task, self.tokenizer)
+        return self._zeroshot.logits(self.image_features(frame))
+
+    @property
+    def threshold(self) -> float:
+        """The decision threshold for accuracy (chosen on validation when there was enough, else 0.5)."""
+        return float(self.selected.get("threshold", 0.5))
 
     @torch.no_grad()
     def predict_proba(self, test) -> np.ndarray:
         """Class probabilities ``(N, K)``: rows sum to 1 (single) or one probability per condition (multi)."""
         with frozen(self.model):
-            return self.task.probs(self._scores(test).float()).cpu().numpy().astype(np.float64)
+            scores = self.zeroshot_scores(test) if self.selected.get("start") == "zeroshot" else self._scores(test)
+            return self.task.probs(scores.float()).cpu().numpy().astype(np.float64)
 
     def save(self, folder: str) -> None:
         """Write ``method.json`` (name, hyperparameters, task, selected values) and the module's weights."""

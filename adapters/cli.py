@@ -37,6 +37,11 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--model", required=True,
                         help="model folder (save_pretrained), config YAML or architecture name (random weights)")
     parser.add_argument("--manifest", required=True, help="manifest CSV, or a folder with one subfolder per class")
+    parser.add_argument("--test-manifest", help="external test set (CSV or class folders): all its images are the "
+                                                "test set; the shots still come from --manifest")
+    parser.add_argument("--val-shots", type=int, help="validation shots per class (default min(shots, 4)); with 8 "
+                                                      "or more the run chooses on them (zero-shot or not, CLIP-Adapter "
+                                                      "ratio, accuracy threshold)")
     parser.add_argument("--classes", required=True, help="class file (recipes/classes/*.yaml)")
     parser.add_argument("--output", required=True, help="output folder")
     if command == GRID:
@@ -116,25 +121,31 @@ def method_hparams(args, method: str) -> dict:
 def run(args) -> int:
     """Run one method or the grid; prints AUROC with its 95% CI."""
     from .cache import FeatureCache
-    from .fewshot import load_table, run_fewshot, run_grid
+    from .fewshot import RunOptions, load_table, run_fewshot, run_grid
 
     command = args.fewshot_command
-    model = load_model(args.model, args.device)
     task, table = load_table(args.manifest, args.classes)
-    cache = FeatureCache(args.cache_dir or _default_cache_dir(), progress=not args.no_progress)
+    test_table = load_table(args.test_manifest, args.classes)[1] if args.test_manifest else None
+    model = load_model(args.model, args.device)
+    options = RunOptions(cache=FeatureCache(args.cache_dir or _default_cache_dir(), progress=not args.no_progress),
+                         max_test=args.max_test, progress=not args.no_progress, test_table=test_table,
+                         val_shots=args.val_shots)
     if command != GRID:
-        row = run_fewshot(command, model, task, table, args.shots, args.seed, args.output, cache,
-                          method_hparams(args, command), args.split_csv, args.max_test,
-                          args.n_bootstrap if args.n_bootstrap is not None else 1000, progress=not args.no_progress)
-        print(f"{command} {args.shots}-shot seed {args.seed}: AUROC {row['auroc']:.3f} "
-              f"(95% CI {row['auroc_low']:.3f}-{row['auroc_high']:.3f}), accuracy {row['accuracy']:.3f}, "
-              f"ECE {row['ece']:.3f} on {row['n_test']} test images -> {args.output}")
+        options.hparams, options.split_csv = method_hparams(args, command), args.split_csv
+        options.n_bootstrap = args.n_bootstrap if args.n_bootstrap is not None else 1000
+        row = run_fewshot(command, model, task, table, args.shots, args.seed, args.output, options)
+        chosen = " (the zero-shot classifier: it scored higher on validation)" \
+            if row.get("selected_start") == "zeroshot" else ""
+        print(f"{command} {args.shots}-shot seed {args.seed}{chosen}: AUROC {row['auroc']:.3f} "
+              f"(95% CI {row['auroc_low']:.3f}-{row['auroc_high']:.3f}), accuracy {row['accuracy']:.3f} "
+              f"(threshold {row['threshold']:.2f}), ECE {row['ece']:.3f} on {row['n_test']} test images "
+              f"-> {args.output}")
         return 0
     methods = method_commands() if args.methods == "all" else [m.strip() for m in args.methods.split(",")]
     shots, seeds = _ints(args.shots, "--shots"), _ints(args.seeds, "--seeds")
-    hparams = {m: method_hparams(args, m) for m in [BASELINE, *methods]}
-    results = run_grid(methods, model, task, table, shots, seeds, args.output, cache, hparams, args.max_test,
-                       args.n_bootstrap if args.n_bootstrap is not None else 200, progress=not args.no_progress)
+    options.hparams = {m: method_hparams(args, m) for m in [BASELINE, *methods]}
+    options.n_bootstrap = args.n_bootstrap if args.n_bootstrap is not None else 200
+    results = run_grid(methods, model, task, table, shots, seeds, args.output, options)
     print(f"{len(results)} runs -> {os.path.join(args.output, 'results.csv')}, summary.csv, fewshot_curve.png")
     return 0
 

@@ -11,9 +11,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -111,25 +113,59 @@ def apply_split_csv(table: pd.DataFrame, path: str) -> pd.DataFrame:
 
 
 def evaluate_probs(task: Task, frame: pd.DataFrame, probs: np.ndarray, n_bootstrap: int,
-                   seed: int) -> dict:
+                   seed: int, threshold: float = 0.5) -> dict:
     """AUROC / accuracy with patient-level bootstrap CIs (:mod:`medclip.eval.metrics`) plus ECE."""
     from medclip.eval.calibration import expected_calibration_error
     from medclip.eval.metrics import evaluate
 
     y = task.labels(frame).astype(float)
-    result = evaluate(y, probs, task.classes, task.kind, groups=frame["patient_id"].astype(str).tolist(),
+    result = evaluate(y, probs, task.classes, task.kind, threshold, groups=frame["patient_id"].astype(str).tolist(),
                       n_bootstrap=n_bootstrap, seed=seed)
     result["ece"] = expected_calibration_error(probs, y, task.kind)
     return result
 
 
-def _split_parts(model, table, cache, max_test, seed):
+@dataclass
+class RunOptions:
+    """How a few-shot run draws, evaluates and reports (everything but the method, data and seed).
+
+    Attributes:
+        cache: the image-feature cache (a memory-only one when None).
+        hparams: method overrides (:func:`run_grid`: method name -> overrides).
+        split_csv: reuse a saved split instead of drawing one.
+        max_test: evaluate on at most this many test images (a CPU budget cut).
+        n_bootstrap: bootstrap resamples for the CIs.
+        progress: show progress bars.
+        test_table: an external test set (``--test-manifest``): all its images are the test set; the shots
+            still come from the main table.
+        val_shots: validation shots per class (default ``min(K, 4)``); 8 or more let the run choose on
+            validation (:mod:`adapters.selection`).
+    """
+
+    cache: FeatureCache | None = None
+    hparams: dict | None = None
+    split_csv: str | None = None
+    max_test: int | None = None
+    n_bootstrap: int = 1000
+    progress: bool = False
+    test_table: pd.DataFrame | None = None
+    val_shots: int | None = None
+
+
+def _split_parts(model, table, options: RunOptions, seed: int):
     """train/val/test frames with features prefetched; unreadable test images quarantined, train/val ones fatal."""
     parts = {name: table[table["fewshot_split"] == name].reset_index(drop=True) for name in SPLITS}
-    n_test_all = len(parts["test"])
+    if options.test_table is not None:
+        shots = set(parts["train"]["image"]) | set(parts["val"]["image"])
+        overlap = sorted(shots & set(options.test_table["image"]))
+        if overlap:
+            raise DataError(f"--test-manifest holds {len(overlap)} image(s) drawn as shots from --manifest, e.g. "
+                            f"{overlap[0]}; use a test set without the training images")
+        parts["test"] = options.test_table.reset_index(drop=True)
+    n_test_all, max_test = len(parts["test"]), options.max_test
     if max_test and n_test_all > max_test:
         parts["test"] = parts["test"].sample(n=max_test, random_state=seed).reset_index(drop=True)
-    bad = dict(cache.prefetch(model, pd.concat([parts[n]["image"] for n in SPLITS]).tolist()))
+    bad = dict(options.cache.prefetch(model, pd.concat([parts[n]["image"] for n in SPLITS]).tolist()))
     for name in ("train", "val"):
         broken = [p for p in parts[name]["image"] if p in bad]
         if broken:
@@ -141,32 +177,43 @@ def _split_parts(model, table, cache, max_test, seed):
     return parts, n_test_all, quarantined, bad
 
 
+def _run_split(table: pd.DataFrame, task: Task, shots: int, seed: int, options: RunOptions) -> pd.DataFrame:
+    """The run's split: a saved one, or a fresh draw (the main table's test rows unused with a test table)."""
+    table = apply_split_csv(table, options.split_csv) if options.split_csv else \
+        sample_split(table, task, shots, seed, options.val_shots)
+    if options.test_table is not None:
+        table = table.assign(fewshot_split=table["fewshot_split"].replace({"test": "unused"}))
+    return table
+
+
 def run_fewshot(method: str, model, task: Task, table: pd.DataFrame, shots: int, seed: int,
-                output: str | None = None, cache: FeatureCache | None = None, hparams: dict | None = None,
-                split_csv: str | None = None, max_test: int | None = None, n_bootstrap: int = 1000,
-                progress: bool = False) -> dict:
+                output: str | None = None, options: RunOptions | None = None) -> dict:
     """Draw (or reuse) a split, fit ``method``, evaluate on the test patients and write the run folder.
+
+    The accuracy (and F1) threshold is the one chosen on validation when there was enough of it, else 0.5.
 
     Returns:
         A flat row: method, shots, seed, auroc (+ CI), accuracy (+ CI), ece, sizes, budget and timing.
     """
-    cache = cache or FeatureCache(progress=progress)
-    table = apply_split_csv(table, split_csv) if split_csv else sample_split(table, task, shots, seed)
-    parts, n_test_all, quarantined, bad = _split_parts(model, table, cache, max_test, seed)
+    options = options or RunOptions()
+    options.cache = options.cache or FeatureCache(progress=options.progress)
+    table = _run_split(table, task, shots, seed, options)
+    parts, n_test_all, quarantined, bad = _split_parts(model, table, options, seed)
     start = time.time()
-    adapter = create_method(method, model, task, cache=cache, seed=seed, progress=progress, **(hparams or {}))
+    adapter = create_method(method, model, task, cache=options.cache, seed=seed, progress=options.progress,
+                            **(options.hparams or {}))
     adapter.fit(parts["train"], parts["val"])
     fit_s = time.time() - start
     probs = adapter.predict_proba(parts["test"])
-    result = evaluate_probs(task, parts["test"], probs, n_bootstrap, seed)
+    result = evaluate_probs(task, parts["test"], probs, options.n_bootstrap, seed, adapter.threshold)
     m = result["metrics"]
     row = {"method": method, "shots": shots, "seed": seed,
            "auroc": m["auroc_macro"]["value"], "auroc_low": m["auroc_macro"]["ci_low"],
            "auroc_high": m["auroc_macro"]["ci_high"], "accuracy": m["accuracy"]["value"],
            "accuracy_low": m["accuracy"]["ci_low"], "accuracy_high": m["accuracy"]["ci_high"], "ece": result["ece"],
-           "n_train": len(parts["train"]), "n_val": len(parts["val"]), "n_test": len(parts["test"]),
-           "n_test_all": n_test_all, "max_test": max_test or "", "n_quarantined": len(quarantined),
-           "fit_seconds": round(fit_s, 2),
+           "threshold": adapter.threshold, "n_train": len(parts["train"]), "n_val": len(parts["val"]),
+           "n_test": len(parts["test"]), "n_test_all": n_test_all, "max_test": options.max_test or "",
+           "n_quarantined": len(quarantined), "fit_seconds": round(fit_s, 2),
            **{f"budget_{k}": v for k, v in adapter.budget.items()},
            **{f"selected_{k}": v for k, v in adapter.selected.items()}}
     if output:
@@ -215,24 +262,41 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def plot_curve(summary: pd.DataFrame, path: str, metric: str = "auroc") -> None:
-    """Few-shot curve: ``metric`` vs shots per method (95% CI band); zero-shot as a dashed line."""
+def plot_curve(summary: pd.DataFrame, path: str, metric: str = "auroc", results: pd.DataFrame | None = None) -> None:
+    """Few-shot curve: ``metric`` vs shots per method; zero-shot as a dashed line; a title and N per point.
+
+    With 3 or more seeds a 95% CI band (t-interval over seeds); with fewer, each seed's own point
+    (from ``results``) instead, as a band from one or two values would mislead. The x axis is labelled
+    with the shot counts themselves (1, 2, 4, 8, 16).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    shots = sorted(int(k) for k in summary.loc[summary["method"] != "zeroshot", "shots"].unique())
     for method, group in summary.groupby("method"):
         group = group.sort_values("shots")
         if method == "zeroshot":
             ax.axhline(group[metric].mean(), color="gray", linestyle="--", label="zero-shot (0 shots)")
             continue
-        ax.plot(group["shots"], group[metric], marker="o", label=method)
-        ax.fill_between(group["shots"], group[f"{metric}_ci_low"], group[f"{metric}_ci_high"], alpha=0.15)
+        (line,) = ax.plot(group["shots"], group[metric], marker="o", label=f"{method} (mean)")
+        few = group["n_seeds"] < 3
+        if results is not None and few.any():
+            seeds = results[(results["method"] == method) & results["shots"].isin(group.loc[few, "shots"])]
+            ax.scatter(seeds["shots"], seeds[metric], s=14, color=line.get_color(), alpha=0.6, marker="x")
+        ax.fill_between(group["shots"], group[f"{metric}_ci_low"].where(~few), group[f"{metric}_ci_high"].where(~few),
+                        color=line.get_color(), alpha=0.15)
     ax.set_xscale("log", base=2)
+    ax.set_xticks(shots, [str(k) for k in shots])
+    ax.minorticks_off()
+    n_seeds = sorted(set(summary.loc[summary["method"] != "zeroshot", "n_seeds"].astype(int)))
+    name = metric.upper() if metric == "auroc" else metric
+    spread = "band: 95% CI over seeds" if min(n_seeds, default=0) >= 3 else "x: each seed's value"
     ax.set_xlabel("shots per class")
-    ax.set_ylabel(metric.upper() if metric == "auroc" else metric)
+    ax.set_ylabel(name)
+    ax.set_title(f"Few-shot {name} by shots per class ({'/'.join(map(str, n_seeds))} seed(s); {spread})", fontsize=9)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -241,28 +305,29 @@ def plot_curve(summary: pd.DataFrame, path: str, metric: str = "auroc") -> None:
 
 
 def run_grid(methods: list[str], model, task: Task, table: pd.DataFrame, shots_list: list[int],
-             seeds: list[int], output: str, cache: FeatureCache | None = None, hparams: dict | None = None,
-             max_test: int | None = None, n_bootstrap: int = 200, progress: bool = True) -> pd.DataFrame:
+             seeds: list[int], output: str, options: RunOptions | None = None) -> pd.DataFrame:
     """Every method × shots × seed (each on its own drawn split) plus zero-shot on the same test sets.
 
     Writes ``results.csv`` after every run (a cut session keeps what finished), ``summary.csv`` and
-    ``fewshot_curve.png``; ``hparams`` maps a method name to its overrides (budget cuts).
+    ``fewshot_curve.png``; ``options.hparams`` maps a method name to its overrides (budget cuts).
     """
     from tqdm.auto import tqdm
 
-    cache = cache or FeatureCache(progress=progress)
+    options = options or RunOptions(n_bootstrap=200, progress=True)
+    options.cache = options.cache or FeatureCache(progress=options.progress)
     os.makedirs(output, exist_ok=True)
     methods = ["zeroshot", *[m for m in methods if m != "zeroshot"]]
     jobs = [(m, k, s) for k in shots_list for s in seeds for m in methods]
     rows = []
-    for method, shots, seed in tqdm(jobs, desc="few-shot grid", disable=not progress):
+    for method, shots, seed in tqdm(jobs, desc="few-shot grid", disable=not options.progress):
         split_csv = os.path.join(output, "splits", f"shots{shots}-seed{seed}.csv")
         if not os.path.exists(split_csv):
             os.makedirs(os.path.dirname(split_csv), exist_ok=True)
-            save_split(sample_split(table, task, shots, seed), split_csv)
-        run_dir = os.path.join(output, method, f"shots{shots}-seed{seed}")
-        row = run_fewshot(method, model, task, table, shots, seed, run_dir, cache, (hparams or {}).get(method),
-                          split_csv, max_test, n_bootstrap)
+            save_split(sample_split(table, task, shots, seed, options.val_shots), split_csv)
+        run = dataclasses.replace(options, hparams=(options.hparams or {}).get(method), split_csv=split_csv,
+                                  progress=False)
+        row = run_fewshot(method, model, task, table, shots, seed, os.path.join(output, method,
+                                                                                  f"shots{shots}-seed{seed}"), run)
         if method == "zeroshot":
             row["shots"], row["split_shots"] = 0, shots
         rows.append(row)
@@ -270,5 +335,5 @@ def run_grid(methods: list[str], model, task: Task, table: pd.DataFrame, shots_l
     results = pd.DataFrame(rows)
     summary = summarize(results)
     write_csv(summary, os.path.join(output, "summary.csv"))
-    plot_curve(summary, os.path.join(output, "fewshot_curve.png"))
+    plot_curve(summary, os.path.join(output, "fewshot_curve.png"), results=results)
     return results
