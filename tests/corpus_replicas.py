@@ -120,7 +120,7 @@ def make_chexpert(root: Path, n_train: int = 48, n_valid: int = 12) -> Path:
         for i in range(count):
             patient = f"patient{(i // 2 + (0 if name == 'train' else 64540)) + 1:05d}"
             view = "view1_frontal.jpg" if i % 4 != 3 else "view2_lateral.jpg"
-            rel = f"{name}/{patient}/study1/{view}"
+            rel = f"{name}/{patient}/study{i % 2 + 1}/{view}"
             write_image(base / rel, i + (1000 if name == "valid" else 0))
             labels = {k: str(rng.choice(values)) for k in CHEXPERT_LABELS}
             for k in ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"):

@@ -1,4 +1,4 @@
-"""``medclip data import``: the public corpora's published layouts as medclip manifests.
+"""``medclip data import|prepare``: public corpora as manifests; check + split (+ preprocess) once.
 
 (Registered under ``medclip data`` by :mod:`medclip.commands.data`.)
 """
@@ -6,8 +6,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 
-ACTIONS = ("import",)
+ACTIONS = ("import", "prepare")
 
 
 def add_parsers(sub) -> None:
@@ -28,9 +30,66 @@ def add_parsers(sub) -> None:
     imp.add_argument("--uncertain", choices=IMPORT_POLICIES, default="keep",
                      help="CheXpert-style -1 labels: keep -1 (evaluation applies labels.uncertain, default) "
                           "or apply ones/zeros/ignore now")
+    _add_prepare(sub)
+
+
+def _add_prepare(sub) -> None:
+    prep = sub.add_parser("prepare", help="check, split and optionally preprocess a manifest once, in parallel "
+                                          "(also under torchrun: each rank a slice, rank 0 writes)")
+    prep.add_argument("manifest", help="manifest CSV")
+    prep.add_argument("--output", required=True, help="prepared folder (manifest.csv, quarantine.csv, prepared.json)")
+    prep.add_argument("--column", action="append", default=[], metavar="KEY=NAME", help="column name mapping")
+    prep.add_argument("--sections", default="findings,impression", help="report sections used as text; 'all'")
+    prep.add_argument("--val", type=float, default=0.1, help="validation fraction when the manifest is unsplit")
+    prep.add_argument("--test", type=float, default=0.1, help="test fraction when the manifest is unsplit")
+    prep.add_argument("--seed", type=int, default=0, help="split seed")
+    prep.add_argument("--decode", action="store_true", help="decode every image (default: exists and non-empty)")
+    prep.add_argument("--image-size", type=int, help="preprocess once: fill the cache at this size (implies "
+                                                      "--decode); train with data.cache_dir = the cache")
+    prep.add_argument("--in-chans", type=int, default=1, choices=(1, 3), help="channels of the cached images")
+    prep.add_argument("--resize", default="pad", choices=("pad", "crop"))
+    prep.add_argument("--cache-dir", help="preprocessing cache (default: OUTPUT/cache)")
+    prep.add_argument("--workers", type=int, help="processes per rank (default: all cores)")
+
+
+def _prepare(args) -> int:
+    from ..config import VisionConfig
+    from ..data.prepare import prepare
+    from .data import _columns, _sections
+
+    transform = None
+    if args.image_size:
+        vision = VisionConfig(image_size=args.image_size, in_chans=args.in_chans)
+        transform = {"vision_config": vision, "resize": args.resize,
+                     "cache_dir": args.cache_dir or os.path.join(args.output, "cache")}
+    with _process_group():
+        info = prepare(args.manifest, args.output, _columns(args.column), _sections(args.sections),
+                       (args.val, args.test, args.seed), args.decode, transform, args.workers)
+    if info is not None:
+        splits = ", ".join(f"{k} {v}" for k, v in sorted(info["splits"].items()))
+        print(f"{args.manifest}: {info['rows']} rows ok ({splits}), {info['quarantined']} quarantined; "
+              f"prepared manifest in {args.output} (train with data.manifest: {args.output})")
+    return 0
+
+
+@contextlib.contextmanager
+def _process_group():
+    """Under torchrun (WORLD_SIZE > 1): a gloo process group for the ranks' slices, closed afterwards."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        yield
+        return
+    dist.init_process_group("gloo")
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.action == "prepare":
+        return _prepare(args)
     from ..data.corpora import import_corpus
 
     _, line = import_corpus(args.name, args.root, args.output, args.frontal_only, reports=args.reports,

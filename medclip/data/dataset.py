@@ -85,6 +85,13 @@ def prepare_manifest(data_config: DataConfig, decode=None, seed: int = 0,
 
         logger.info("data: generating the demo corpus in %s", manifest.parent)
         manifest = Path(make_demo_corpus(manifest.parent, manifest_name=manifest.name))
+    from .prepare import QUARANTINE, prepared_dir, read_prepared
+
+    if prepared_dir(manifest):  # `medclip data prepare` checked and split it once: read, never re-check
+        good, info = read_prepared(prepared_dir(manifest))
+        logger.info("data: %d prepared rows from %s (checked once by 'medclip data prepare')", len(good), manifest)
+        quarantine = pd.read_csv(prepared_dir(manifest) / QUARANTINE, dtype={"image": str}, keep_default_na=False)
+        return good, quarantine, prepared_dir(manifest) / QUARANTINE
     df = load_manifest(manifest, data_config.columns)
     good, quarantine = check_manifest(df, data_config.sections, decode=decode,
                                       verify_images=data_config.verify_images)

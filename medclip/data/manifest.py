@@ -33,12 +33,14 @@ RESERVED_COLUMNS = ("line", "image_raw", "report_error")
 DERIVED_COLUMNS = (*RESERVED_COLUMNS, "text")
 
 
-def load_manifest(path: str | os.PathLike, columns: ManifestColumns | dict | None = None) -> pd.DataFrame:
+def load_manifest(path: str | os.PathLike, columns: ManifestColumns | dict | None = None,
+                  reports: bool = True) -> pd.DataFrame:
     """Read a manifest CSV and rename its columns to medclip's canonical names.
 
     Args:
         path: the CSV file.
         columns: a :class:`ManifestColumns` (or dict of its fields) naming your columns.
+        reports: False for an evaluation manifest (images + labels): no report column is required.
 
     Returns:
         A DataFrame with canonical columns (see the module docstring).
@@ -47,6 +49,13 @@ def load_manifest(path: str | os.PathLike, columns: ManifestColumns | dict | Non
         DataError: the file is not a CSV, or a required/configured column is missing (the message lists
             the columns found and the config key to set).
     """
+    raw, cols = read_manifest_table(path, columns, reports)
+    return canonical_rows(raw, cols, Path(path).resolve().parent)
+
+
+def read_manifest_table(path: str | os.PathLike, columns: ManifestColumns | dict | None = None,
+                        reports: bool = True) -> tuple[pd.DataFrame, ManifestColumns]:
+    """The manifest CSV as strings, its columns checked (see :func:`load_manifest`), and the column names."""
     from ..config import from_dict
 
     cols = columns if isinstance(columns, ManifestColumns) else from_dict(ManifestColumns, columns, "data.columns")
@@ -59,7 +68,7 @@ def load_manifest(path: str | os.PathLike, columns: ManifestColumns | dict | Non
     if cols.image not in raw.columns:
         raise DataError(f"{path}: no image column '{cols.image}' (columns: {found}); "
                         f"set data.columns.image (CLI: --column image=NAME)")
-    if cols.report not in raw.columns and cols.report_path not in raw.columns:
+    if reports and cols.report not in raw.columns and cols.report_path not in raw.columns:
         raise DataError(f"{path}: no report column '{cols.report}' or '{cols.report_path}' (columns: {found}); "
                         f"set data.columns.report or data.columns.report_path (CLI: --column report=NAME)")
     missing = [c for c in cols.labels if c not in raw.columns]
@@ -70,7 +79,7 @@ def load_manifest(path: str | os.PathLike, columns: ManifestColumns | dict | Non
     if reserved:
         raise DataError(f"{path}: column(s) {', '.join(reserved)} are reserved for what medclip derives "
                         f"(row number, raw path, report error); rename them in the CSV")
-    return _canonical(raw, cols, Path(path).resolve().parent)
+    return raw, cols
 
 
 def splits_manifest(df: pd.DataFrame) -> pd.DataFrame:
@@ -82,13 +91,15 @@ def splits_manifest(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _canonical(raw: pd.DataFrame, cols: ManifestColumns, root: Path) -> pd.DataFrame:
+def canonical_rows(raw: pd.DataFrame, cols: ManifestColumns, root: Path, first_line: int = 2) -> pd.DataFrame:
+    """Rows of :func:`read_manifest_table` with canonical columns; ``first_line`` is the CSV line of the first
+    row (a slice of a manifest keeps its line numbers); relative paths are relative to ``root``."""
     rename = {getattr(cols, k): k for k in ("image", "report", "report_path", "patient_id", "study_id", "split")
               if getattr(cols, k) in raw.columns and getattr(cols, k) != k}
     canonical = set(rename.values())
     clashes = [c for c in raw.columns if c in canonical and c not in rename]
     df = raw.drop(columns=clashes).rename(columns=rename)
-    df.insert(0, "line", range(2, len(df) + 2))
+    df.insert(0, "line", range(first_line, first_line + len(df)))
     df["image_raw"] = df["image"].str.strip()
     base = str(root)  # already resolved: joining + normalising is exact and ~20x faster than resolve() per row
     df["image"] = [os.path.normpath(os.path.join(base, p)) if p else "" for p in df["image_raw"]]
@@ -125,7 +136,7 @@ def _read_reports(reports: list[str], paths: list[str], base: str) -> tuple[list
 
 def check_manifest(df: pd.DataFrame, sections: list[str] | None = ("findings", "impression"),
                    decode: Callable[[str], object] | None = None, verify_images: bool = True,
-                   progress: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+                   progress: bool = False, reports: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Validate every row; return ``(good_df, quarantine_df)``.
 
     Good rows get a ``text`` column: the report sections that feed the text tower. Quarantine reasons
@@ -139,6 +150,7 @@ def check_manifest(df: pd.DataFrame, sections: list[str] | None = ("findings", "
             quarantines the image's rows (default: :func:`~medclip.data.transforms.load_image`).
         verify_images: decode every image (otherwise only existence and size are checked).
         progress: show a tqdm progress bar.
+        reports: False for an evaluation manifest: only images are checked (never "empty report").
     """
     from tqdm.auto import tqdm
 
@@ -153,9 +165,14 @@ def check_manifest(df: pd.DataFrame, sections: list[str] | None = ("findings", "
             reasons[i] = error
             continue
         if report not in extracted:
-            extracted[report] = extract_sections(report, sections)
+            extracted[report] = extract_sections(report, sections) if reports else ""
         text = extracted[report]
-        if not normalize_whitespace(report):
+        if not reports and image and image not in first_seen:
+            first_seen[image] = int(line)
+            texts[i] = ""
+        elif not reports:
+            reasons[i] = f"duplicate of line {first_seen[image]} (same image)" if image else "no image path in this row"
+        elif not normalize_whitespace(report):
             reasons[i] = "empty report"
         elif not text:
             reasons[i] = f"report has none of the sections {', '.join(s.upper() for s in sections)}"

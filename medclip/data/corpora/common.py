@@ -82,22 +82,14 @@ def write_manifest(df: pd.DataFrame, output: str | os.PathLike) -> Path:
     """Write ``df`` as a manifest CSV with ``image`` / ``report_path`` relative to the manifest's folder."""
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    folder = out.resolve().parent
+    from ..prepare import relative_paths
+
     df = df.copy()
     for column in ("image", "report_path"):
         if column in df.columns:
-            df[column] = [_relative(p, folder) for p in df[column]]
+            df[column] = relative_paths(df[column], out.resolve().parent)
     write_csv(df, out)
     return out
-
-
-def _relative(path: str, folder: Path) -> str:
-    if not path:
-        return ""
-    try:
-        return os.path.relpath(path, folder)
-    except ValueError:  # another drive on Windows
-        return path
 
 
 def summary(df: pd.DataFrame, dropped_views: int = 0) -> str:
