@@ -156,9 +156,28 @@ def check_manifest(df: pd.DataFrame, sections: list[str] | None = ("findings", "
 
     if decode is None:
         from .transforms import load_image as decode
+    reasons, texts = _check_reports(df, sections, reports)
+    image_errors = {}
+    images = df["image"].to_dict()
+    paths = sorted({images[i] for i in texts})
+    for path in tqdm(paths, desc="checking images", disable=not progress, leave=False):
+        image_errors[path] = _image_problem(path, decode if verify_images else None)
+    for i in texts:
+        if image_errors[images[i]]:
+            reasons[i] = image_errors[images[i]]
+    good = df.loc[[i for i in df.index if i not in reasons]].copy()
+    good["text"] = [texts[i] for i in good.index]
+    lines, raw = df["line"].to_dict(), df["image_raw"].to_dict()
+    quarantine = pd.DataFrame([(int(lines[i]), raw[i], reasons[i]) for i in sorted(reasons)],
+                              columns=QUARANTINE_COLUMNS)
+    return good.reset_index(drop=True), quarantine
+
+
+def _check_reports(df: pd.DataFrame, sections, reports: bool) -> tuple[dict[int, str], dict[int, str]]:
+    """Per-row quarantine reasons from the reports (and duplicates), and the text of the rows still good."""
     reasons: dict[int, str] = {}
     texts = {}
-    first_seen: dict[tuple[str, str], int] = {}
+    first_seen: dict = {}
     extracted: dict[str, str] = {}  # one extraction per distinct report (MIMIC: ~1.65 images per report)
     for i, line, image, report, error in zip(df.index, df["line"], df["image"], df["report"], df["report_error"]):
         if error:
@@ -183,20 +202,7 @@ def check_manifest(df: pd.DataFrame, sections: list[str] | None = ("findings", "
         else:
             first_seen[(image, text)] = int(line)
             texts[i] = text
-    image_errors = {}
-    images = df["image"].to_dict()
-    paths = sorted({images[i] for i in texts})
-    for path in tqdm(paths, desc="checking images", disable=not progress, leave=False):
-        image_errors[path] = _image_problem(path, decode if verify_images else None)
-    for i in texts:
-        if image_errors[images[i]]:
-            reasons[i] = image_errors[images[i]]
-    good = df.loc[[i for i in df.index if i not in reasons]].copy()
-    good["text"] = [texts[i] for i in good.index]
-    lines, raw = df["line"].to_dict(), df["image_raw"].to_dict()
-    quarantine = pd.DataFrame([(int(lines[i]), raw[i], reasons[i]) for i in sorted(reasons)],
-                              columns=QUARANTINE_COLUMNS)
-    return good.reset_index(drop=True), quarantine
+    return reasons, texts
 
 
 def _image_problem(path: str, decode: Callable | None) -> str:
