@@ -61,9 +61,16 @@ def build_model(recipe, info: DistInfo):
     cfg = recipe.train
     torch.manual_seed(cfg.seed)
     model = create_model(recipe.model, device=info.device)
-    for locked, tower in ((cfg.lock_image, model.visual), (cfg.lock_text, model.text)):
-        if locked:
-            tower.requires_grad_(False)
+    if cfg.init_from:
+        from .continued import load_init_weights
+
+        load_init_weights(model, cfg)
+    from .continued import image_groups, lock_tower, text_groups
+
+    if cfg.lock_image:
+        lock_tower(model.visual, image_groups(model.visual), cfg.lock_image_unlocked_groups)
+    if cfg.lock_text:
+        lock_tower(model.text, text_groups(model.text), cfg.lock_text_unlocked_layers)
     if cfg.lock_image and cfg.train_image_head:
         model.visual.head.requires_grad_(True)
     if cfg.grad_checkpointing:
@@ -79,11 +86,15 @@ def build_model(recipe, info: DistInfo):
 
 def set_train_mode(model, cfg) -> None:
     """Train mode, except locked towers stay in eval mode (frozen dropout and norm statistics)."""
+    from .continued import freeze_locked_modules
+
     model.train()
-    if cfg.lock_image:
-        model.visual.eval()
-    if cfg.lock_text:
-        model.text.eval()
+    for locked, unlocked, tower in ((cfg.lock_image, cfg.lock_image_unlocked_groups, model.visual),
+                                    (cfg.lock_text, cfg.lock_text_unlocked_layers, model.text)):
+        if locked and not unlocked:
+            tower.eval()
+        elif locked:  # partly unlocked: the frozen modules keep their norm statistics
+            freeze_locked_modules(tower)
 
 
 def build_data(recipe, model_config, info: DistInfo, run_dir) -> tuple:

@@ -56,6 +56,16 @@ class TrainConfig:
         train_image_head: with ``lock_image``, still train the image projection head (LiT locks the
             pretrained trunk; a freshly initialised head is not pretrained, so it learns with the text tower).
         lock_text: freeze the text tower.
+        lock_image_unlocked_groups: with ``lock_image``, leave the last N image groups trainable (timm's
+            trunk groups, then the projection; see medclip.train.continued).
+        lock_text_unlocked_layers: with ``lock_text``, leave the last N text groups trainable (embeddings,
+            each layer, then final norm + projection).
+        lr_image: learning rate of the image tower (None: ``lr``); the schedule scales it like ``lr``.
+        lr_text: learning rate of the text tower (None: ``lr``).
+        init_from: start from this pretrained model (any folder or file ``medclip convert`` accepts); the
+            recipe then has no ``model`` section.
+        init_from_options: for ``init_from``: ``from`` (force the format), ``model_name`` (bare state
+            dicts), ``text_model`` (local HF encoder folder).
         grad_checkpointing: recompute tower activations in backward (less memory, slower).
         eval_every: validate every this many epochs (0 = never); also at the end.
         checkpoint_every: also checkpoint every this many steps (0 = at epoch ends only).
@@ -86,6 +96,12 @@ class TrainConfig:
     lock_image: bool = False
     train_image_head: bool = False
     lock_text: bool = False
+    lock_image_unlocked_groups: int = 0
+    lock_text_unlocked_layers: int = 0
+    lr_image: float | None = None
+    lr_text: float | None = None
+    init_from: str | None = None
+    init_from_options: dict = field(default_factory=dict)
     grad_checkpointing: bool = False
     eval_every: int = 1
     checkpoint_every: int = 0
@@ -121,9 +137,35 @@ class TrainConfig:
             raise ConfigError(f"train.lr must be a positive number, got {self.lr!r}")
         if len(self.betas) != 2:
             raise ConfigError(f"train.betas needs two values, got {self.betas}")
-        if self.lock_image and self.lock_text:
+        self._check_continued()
+        if self.lock_image and self.lock_text and not (self.lock_image_unlocked_groups
+                                                       or self.lock_text_unlocked_layers):
             raise ConfigError("train.lock_image and train.lock_text are both true: nothing but the "
-                              "temperature would train; unlock one tower")
+                              "temperature would train; unlock one tower (or some of its groups)")
+
+    def _check_continued(self) -> None:
+        """Partial unlocking, per-tower learning rates and ``init_from`` options."""
+        for name, lock in (("lock_image_unlocked_groups", "lock_image"), ("lock_text_unlocked_layers", "lock_text")):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ConfigError(f"train.{name} must be an integer >= 0, got {value!r}")
+            if value and not getattr(self, lock):
+                raise ConfigError(f"train.{name} needs train.{lock}: true (it unlocks the last groups of a "
+                                  f"locked tower)")
+        for name in ("lr_image", "lr_text"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                try:
+                    value = float(value)
+                except ValueError:
+                    raise ConfigError(f"train.{name} must be a number, got '{value}'") from None
+                setattr(self, name, value)
+            if value is not None and not (isinstance(value, (int, float)) and value >= 0):
+                raise ConfigError(f"train.{name} must be a number >= 0 (or null for train.lr), got {value!r}")
+        unknown = sorted(set(self.init_from_options or {}) - {"from", "model_name", "text_model"})
+        if unknown:
+            raise ConfigError(f"unknown config key 'train.init_from_options.{unknown[0]}' (valid keys here: from, "
+                              f"model_name, text_model)")
 
 
 @dataclass
@@ -137,7 +179,10 @@ class Recipe:
 
     def to_dict(self) -> dict:
         """The fully resolved recipe (every default filled in), as saved with runs and checkpoints."""
-        return {"model": to_dict(self.model), "data": to_dict(self.data), "train": to_dict(self.train)}
+        out = {"model": to_dict(self.model), "data": to_dict(self.data), "train": to_dict(self.train)}
+        if self.train.init_from:  # the architecture is init_from's
+            del out["model"]
+        return out
 
 
 def build_model_config(spec) -> ModelConfig:
@@ -160,11 +205,19 @@ def recipe_from_dict(data: dict, where: str = "recipe") -> Recipe:
     unknown = sorted(set(data) - {"model", "data", "train"})
     if unknown:
         raise ConfigError(f"{where}: unknown section '{unknown[0]}' (valid sections: data, model, train)")
-    if "model" not in data:
-        raise ConfigError(f"{where}: missing 'model' section (e.g. model: tiny-vit)")
-    model = build_model_config(data["model"])
     data_section, train_section = _split_batch_size(data.get("data"), data.get("train"), where)
     train = from_dict(TrainConfig, train_section, "train")
+    if train.init_from:
+        if "model" in data:
+            raise ConfigError(f"{where}: 'model' and train.init_from are both set; the architecture comes from "
+                              f"init_from: remove the model section")
+        from .continued import init_model_config
+
+        model = init_model_config(train)
+    elif "model" not in data:
+        raise ConfigError(f"{where}: missing 'model' section (e.g. model: tiny-vit), or set train.init_from")
+    else:
+        model = build_model_config(data["model"])
     if train.loss in LOSS_MODEL_DEFAULTS and model.init_logit_bias is None:  # e.g. siglip: add its bias
         model = dataclasses.replace(model, **LOSS_MODEL_DEFAULTS[train.loss])
     return Recipe(model=model, data=from_dict(DataConfig, data_section, "data"), train=train, raw=data)

@@ -20,18 +20,31 @@ def exclude_from_decay(name: str, param: nn.Parameter, decay_embeddings: bool = 
     return is_embedding and not decay_embeddings
 
 
-def param_groups(model: nn.Module, weight_decay: float, decay_embeddings: bool = False) -> list[dict]:
-    """Two AdamW groups (decayed / not decayed) over the trainable parameters, in model order."""
-    decay, no_decay = [], []
+def param_groups(model: nn.Module, weight_decay: float, decay_embeddings: bool = False,
+                 tower_lr: dict | None = None) -> list[dict]:
+    """AdamW groups (decayed / not decayed) over the trainable parameters, in model order.
+
+    ``tower_lr`` (``{"visual": lr, "text": lr}``, None values skipped) gives those towers their own learning
+    rate (groups with an ``lr`` key); the other parameters use the optimizer's ``lr``.
+    """
+    towers = {k: v for k, v in (tower_lr or {}).items() if v is not None}
+    buckets: dict = {}
     for name, param in model.named_parameters():
         if param.requires_grad:
-            (no_decay if exclude_from_decay(name, param, decay_embeddings) else decay).append(param)
-    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+            tower = name.split(".", 1)[0] if name.split(".", 1)[0] in towers else None
+            buckets.setdefault((tower, not exclude_from_decay(name, param, decay_embeddings)), []).append(param)
+    groups = [{"params": [], "weight_decay": 0.0}, {"params": [], "weight_decay": weight_decay}]
+    groups[0]["params"] = buckets.pop((None, False), [])
+    groups[1]["params"] = buckets.pop((None, True), [])
+    for (tower, decayed), params in buckets.items():
+        groups.append({"params": params, "weight_decay": weight_decay if decayed else 0.0, "lr": towers[tower]})
+    return groups
 
 
 def build_optimizer(model: nn.Module, cfg) -> torch.optim.AdamW:
     """AdamW over ``param_groups`` with the betas/eps/lr of a :class:`~medclip.train.config.TrainConfig`."""
-    groups = param_groups(model, cfg.weight_decay, cfg.decay_embeddings)
+    groups = param_groups(model, cfg.weight_decay, cfg.decay_embeddings,
+                          {"visual": getattr(cfg, "lr_image", None), "text": getattr(cfg, "lr_text", None)})
     fused = next(model.parameters()).is_cuda
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused or None)
 
