@@ -39,7 +39,9 @@ def test_npy_cache_damage_is_recomputed_with_a_warning(tmp_path, transform, dama
     np.testing.assert_array_equal(again, fresh)
     assert "recomputing it" in caplog.text
     assert transform(path).shape == (1, 32, 32)  # and the cache is good again
-    np.testing.assert_array_equal(np.load(cached), fresh)
+    stored = np.load(cached)
+    assert stored.dtype == np.uint8 and stored.nbytes == 32 * 32  # an 8-bit PNG is stored as uint8
+    np.testing.assert_array_equal(stored.astype(np.float32) / np.float32(255), fresh)
 
 
 def _tamper(path: str) -> None:

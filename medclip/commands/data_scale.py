@@ -61,7 +61,7 @@ def _prepare(args) -> int:
     if args.image_size:
         vision = VisionConfig(image_size=args.image_size, in_chans=args.in_chans)
         transform = {"vision_config": vision, "resize": args.resize,
-                     "cache_dir": args.cache_dir or os.path.join(args.output, "cache")}
+                     "cache_dir": args.cache_dir or os.path.join(args.output, "cache"), "cache_root": args.output}
     with _process_group():
         info = prepare(args.manifest, args.output, _columns(args.column), _sections(args.sections),
                        (args.val, args.test, args.seed), args.decode, transform, args.workers)

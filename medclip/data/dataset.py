@@ -142,8 +142,10 @@ def build_dataloaders(data_config: DataConfig, model_config, tokenizer, seed: in
         loader's ``dataset.df`` is the split's manifest.
     """
     vision = getattr(model_config, "vision", model_config)
-    kwargs = dict(resize=data_config.resize, cache_dir=data_config.cache_dir,
-                  window_index=data_config.window_index, frame=data_config.frame, limits=data_config.limits())
+    manifest = Path(data_config.manifest).resolve()
+    kwargs = dict(resize=data_config.resize, cache_dir=data_config.cache_dir, window_index=data_config.window_index,
+                  frame=data_config.frame, limits=data_config.limits(),
+                  cache_root=str(manifest if manifest.is_dir() else manifest.parent))  # relative cache keys
     eval_tf = build_image_transform(vision, train=False, **kwargs)
     train_tf = build_image_transform(vision, train=True, augment=data_config.augment, **kwargs)
     good, _, _ = prepare_manifest(data_config, decode=eval_tf.prepare, seed=seed, out_dir=out_dir)

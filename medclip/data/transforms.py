@@ -8,10 +8,11 @@ The chain has two halves:
 * **per call**: train-time augmentation (random resized crop, small rotation, contrast), then
   normalisation with the model's ``VisionConfig.mean/std``.
 
-With ``cache_dir`` the deterministic half is stored as ``.npy`` files (loaded with
-``allow_pickle=False``) keyed by the file's path, size and mtime plus the transform config, so
-epoch 2+ (and every later run) never decodes a DICOM again — MONAI ``PersistentDataset``'s idea,
-without pickles.
+With ``cache_dir`` the deterministic half is stored as uint8/uint16 ``.npy`` files (quantised to the
+source's bit depth, also on the first pass; loaded with ``allow_pickle=False``) keyed by the file's path
+(relative to ``cache_root``, the manifest's folder, when given), size and mtime plus the transform
+config, so epoch 2+ (and every later run, from any mount point) never decodes a DICOM again — MONAI
+``PersistentDataset``'s idea, without pickles.
 """
 
 from __future__ import annotations
@@ -41,10 +42,11 @@ from monai.transforms import (
 from ..errors import DataError, MedclipError
 from .dicom import read_image
 from .guard import ImageLimits, resolve_limits
+from .stored import STORED_DTYPES, dequantize, quantize, stored_dtype
 
 logger = logging.getLogger("medclip.data")
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: stored as uint8/uint16 (medclip.data.stored), keyed by the relative path
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601-2, as Pillow's "L" conversion
 
 
@@ -144,9 +146,10 @@ class ImageTransform:
     """
 
     def __init__(self, config: dict, deterministic: Compose, random: Compose | None, normalize: Compose,
-                 cache_dir: str | None = None):
+                 cache_dir: str | None = None, cache_root: str | None = None):
         self.config, self.deterministic, self.random, self.normalize = config, deterministic, random, normalize
         self.cache_dir = str(cache_dir) if cache_dir else None
+        self.cache_root = os.path.abspath(cache_root) if cache_root else None  # keys: paths relative to it
         self._config_key = json.dumps(config, sort_keys=True)
         norm = normalize.transforms[0]  # NormalizeIntensityd: apply its channel-wise mean/std as one torch op
         self._mean = torch.tensor(norm.normalizer.subtrahend, dtype=torch.float32).view(-1, 1, 1)
@@ -161,12 +164,20 @@ class ImageTransform:
         if not self.cache_dir:
             return None
         st = os.stat(path)
-        key = json.dumps([os.path.abspath(path), st.st_size, st.st_mtime_ns, self._config_key, CACHE_VERSION])
+        name = os.path.abspath(path)
+        if self.cache_root:  # relative to the manifest's folder: another mount point reuses the cache
+            name = os.path.relpath(name, self.cache_root)
+        key = json.dumps([name, st.st_size, st.st_mtime_ns, self._config_key, CACHE_VERSION])
         digest = hashlib.sha1(key.encode()).hexdigest()
         return os.path.join(self.cache_dir, digest[:2], digest + ".npy")
 
     def prepare(self, path: str | os.PathLike) -> np.ndarray:
-        """Decoded, resized (C, H, W) float32 image in [0, 1] (read from / written to the cache)."""
+        """Decoded, resized (C, H, W) float32 image in [0, 1] (read from / written to the cache), quantised
+        to the source's bit depth like the cache (so the first pass equals every later one)."""
+        return dequantize(self.prepare_stored(path))
+
+    def prepare_stored(self, path: str | os.PathLike) -> np.ndarray:
+        """The deterministic part as stored: (C, H, W) uint8 or uint16 (see :mod:`medclip.data.stored`)."""
         path = str(path)
         cached = self.cache_path(path) if self.cache_dir and os.path.exists(path) else None
         if cached and os.path.exists(cached):
@@ -178,6 +189,7 @@ class ImageTransform:
                 arr = np.asarray(self.deterministic({"image": path})["image"], dtype=np.float32)
             except Exception as exc:  # MONAI wraps errors in "applying transform <...>": give the file's own
                 raise _unwrap(exc) from None
+        arr = quantize(arr, stored_dtype(path))
         if cached:
             _atomic_save(cached, arr)
         return arr
@@ -190,9 +202,9 @@ class ImageTransform:
         except (OSError, ValueError, EOFError) as exc:  # torn write, empty or garbage file
             problem = f"unreadable ({type(exc).__name__})"
         else:
-            if arr.dtype == np.float32 and arr.shape == (chans, size, size) and np.isfinite(arr).all():
+            if arr.dtype in STORED_DTYPES and arr.shape == (chans, size, size):
                 return arr
-            problem = f"wrong content ({arr.dtype} {arr.shape}, expected float32 {(chans, size, size)})"
+            problem = f"wrong content ({arr.dtype} {arr.shape}, expected uint8/uint16 {(chans, size, size)})"
         logger.warning("preprocessing cache %s for %s is %s; recomputing it", cached, path, problem)
         return None
 
@@ -209,7 +221,7 @@ class ImageTransform:
 
 def build_image_transform(vision_config, train: bool = False, resize: str = "pad", augment: bool = True,
                           cache_dir: str | None = None, window_index: int = 0, frame: int = 0,
-                          limits: ImageLimits | None = None) -> ImageTransform:
+                          limits: ImageLimits | None = None, cache_root: str | None = None) -> ImageTransform:
     """Build the image pipeline for a model's vision tower.
 
     Args:
@@ -221,6 +233,7 @@ def build_image_transform(vision_config, train: bool = False, resize: str = "pad
         window_index: DICOM window to apply.
         frame: frame of multi-frame DICOMs.
         limits: pixel budget and minimum image side (default: environment or built-in defaults).
+        cache_root: cache keys use image paths relative to this folder (the manifest's), not absolute ones.
 
     Returns:
         An :class:`ImageTransform`: ``transform(path) -> FloatTensor (in_chans, image_size, image_size)``.
@@ -249,7 +262,7 @@ def build_image_transform(vision_config, train: bool = False, resize: str = "pad
     limits = limits or resolve_limits()
     config = {"size": size, "in_chans": chans, "resize": resize, "window_index": window_index, "frame": frame,
               "max_pixels": limits.max_pixels, "min_size": limits.min_size}
-    return ImageTransform(config, deterministic, random, normalize, cache_dir)
+    return ImageTransform(config, deterministic, random, normalize, cache_dir, cache_root)
 
 
 def _unwrap(exc: BaseException) -> MedclipError:
