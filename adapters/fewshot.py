@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from medclip.data.csvsafe import unescape_frame, write_csv
+from medclip.defaults import N_BOOTSTRAP
 from medclip.errors import DataError, MissingFileError
 from medclip.eval.task import Task
 
@@ -146,7 +147,7 @@ class RunOptions:
     hparams: dict | None = None
     split_csv: str | None = None
     max_test: int | None = None
-    n_bootstrap: int = 1000
+    n_bootstrap: int = N_BOOTSTRAP
     progress: bool = False
     test_table: pd.DataFrame | None = None
     val_shots: int | None = None

@@ -80,3 +80,12 @@ def test_shape_errors_are_one_line():
         retrieval_metrics(torch.zeros(3, 4), torch.zeros(2, 4))
     with pytest.raises(DataError, match="2 texts for 3"):
         retrieval_metrics(torch.eye(3), torch.eye(3), texts=["a", "b"])
+
+
+def test_tiled_uniformity_equals_pdist_reference():
+    torch.manual_seed(0)
+    x = F.normalize(torch.randn(300, 16), dim=1)
+    reference = float(torch.pdist(x.double(), p=2).pow(2).mul(-2).exp().mean().log())
+    for chunk in (1, 7, 299, 1024):
+        assert uniformity(x, chunk=chunk) == pytest.approx(reference, abs=1e-9)
+    assert uniformity(x[:2]) == pytest.approx(-2 * float((x[0] - x[1]).pow(2).sum()), abs=1e-6)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..defaults import EVAL_BATCH_SIZE
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("--model", required=True, help="model folder written by save_pretrained / medclip pretrain")
@@ -12,7 +14,7 @@ def add_arguments(parser) -> None:
                              "(as recipes with data.sections: null, e.g. cxr-lite on covid-cxr-notes)")
     parser.add_argument("--ks", nargs="+", type=int, default=[1, 5, 10], help="K values of Recall@K")
     parser.add_argument("--output", default=None, help="folder for retrieval.json (and quarantine.csv)")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE)
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda when available)")
 

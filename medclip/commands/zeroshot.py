@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..defaults import EVAL_BATCH_SIZE, N_BOOTSTRAP
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("--model", required=True, help="model folder written by save_pretrained / medclip pretrain")
@@ -17,12 +19,12 @@ def add_arguments(parser) -> None:
                         help="fit temperature scaling on this split (e.g. val); metrics use the other rows")
     parser.add_argument("--val-fraction", type=float, default=0.2,
                         help="patients held out for calibration when the manifest has no split column")
-    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
+    parser.add_argument("--bootstrap", type=int, default=N_BOOTSTRAP, help="bootstrap resamples for the 95%% CIs")
     parser.add_argument("--bootstrap-unit", choices=("patient", "image"), default="patient",
                         help="resample patients (cluster bootstrap, default) or single images")
     parser.add_argument("--threshold", type=float, default=0.5, help="decision threshold for F1/accuracy")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE)
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers for image decoding")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument("--cache-dir", default=None,

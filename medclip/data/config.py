@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..defaults import EVAL_BATCH_SIZE
 from ..errors import ConfigError
 
 
@@ -83,7 +84,7 @@ class DataConfig:
     cache_dir: str | None = None
     window_index: int = 0
     frame: int = 0
-    eval_batch_size: int = 32
+    eval_batch_size: int = EVAL_BATCH_SIZE
     num_workers: int = 0
     demo: bool = False
     quarantine_dir: str | None = None

@@ -15,6 +15,7 @@ import re
 
 import pandas as pd
 
+from ..defaults import EVAL_BATCH_SIZE, N_BOOTSTRAP
 from ..errors import DataError
 from .inputs import manifest_frame
 from .metrics import evaluate
@@ -50,8 +51,8 @@ def _demo_frame(manifest: str, label_column: str, prompt_texts: list[str]) -> pd
 
 def heldout_demo_report(model, manifest: str, output: str | None = None, prompts: list[str] | None = None,
                         negatives: list[str] | None = None, label_column: str = "opacity_left_upper",
-                        splits: tuple[str, ...] = ("val", "test"), n_bootstrap: int = 1000, seed: int = 0,
-                        batch_size: int = 32, progress: bool = False) -> dict:
+                        splits: tuple[str, ...] = ("val", "test"), n_bootstrap: int = N_BOOTSTRAP, seed: int = 0,
+                        batch_size: int = EVAL_BATCH_SIZE, progress: bool = False) -> dict:
     """Zero-shot AUROC (95% CI) on the demo corpus's held-out finding combination.
 
     The demo corpus (:mod:`medclip.data.demo`) never shows "opacity in the left upper zone" in a

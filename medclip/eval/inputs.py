@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..defaults import EVAL_BATCH_SIZE
 from ..errors import DataError, require_file
 from .prompts import ClassFile
 from .task import SINGLE, Task
@@ -150,7 +151,7 @@ def _collate(items):
 
 
 @torch.no_grad()
-def encode_images(model, paths, transform=None, batch_size: int = 32, num_workers: int = 0,
+def encode_images(model, paths, transform=None, batch_size: int = EVAL_BATCH_SIZE, num_workers: int = 0,
                   progress: bool = True) -> tuple[torch.Tensor, np.ndarray, list[tuple[int, str]]]:
     """Normalised image embeddings of ``paths`` (in order), skipping unreadable files.
 

@@ -26,13 +26,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..defaults import N_BOOTSTRAP
 from ..errors import DataError
 from .task import label_kind
 
 logger = logging.getLogger(__name__)
 
 
-def bootstrap_indices(n: int, groups: Sequence | None = None, n_resamples: int = 1000,
+def bootstrap_indices(n: int, groups: Sequence | None = None, n_resamples: int = N_BOOTSTRAP,
                       seed: int = 0) -> list[np.ndarray]:
     """Row indices of ``n_resamples`` bootstrap resamples.
 
@@ -188,7 +189,7 @@ def _check_inputs(y_true, probs, class_names, task) -> tuple[np.ndarray, np.ndar
 
 
 def evaluate(y_true, probs, class_names: Sequence[str], task: str = "single", threshold: float = 0.5,
-             groups: Sequence | None = None, n_bootstrap: int = 1000, seed: int = 0,
+             groups: Sequence | None = None, n_bootstrap: int = N_BOOTSTRAP, seed: int = 0,
              ci: float = 0.95) -> dict:
     """Metrics with percentile-bootstrap confidence intervals.
 

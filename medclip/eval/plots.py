@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..defaults import N_BOOTSTRAP_FIGURE
 from .metrics import bootstrap_indices
 from .task import label_kind
 
@@ -50,7 +51,7 @@ def weighted_roc(y: np.ndarray, score: np.ndarray, weights: np.ndarray) -> tuple
     return np.hstack([zeros, fpr]), np.hstack([zeros, tpr])
 
 
-def roc_band(y: np.ndarray, score: np.ndarray, groups=None, n_bootstrap: int = 200, seed: int = 0,
+def roc_band(y: np.ndarray, score: np.ndarray, groups=None, n_bootstrap: int = N_BOOTSTRAP_FIGURE, seed: int = 0,
              ci: float = 0.95, grid: int = 101) -> dict[str, np.ndarray]:
     """ROC curve on a fixed false-positive-rate grid, with a percentile-bootstrap band of the TPR.
 
@@ -77,7 +78,7 @@ def roc_band(y: np.ndarray, score: np.ndarray, groups=None, n_bootstrap: int = 2
 
 
 def plot_roc(y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str], task: str = "single",
-             metrics: dict | None = None, groups=None, n_bootstrap: int = 200, seed: int = 0, path=None):
+             metrics: dict | None = None, groups=None, n_bootstrap: int = N_BOOTSTRAP_FIGURE, seed: int = 0, path=None):
     """One ROC curve per class (one-vs-rest for single-label) with its 95% bootstrap band.
 
     Args:

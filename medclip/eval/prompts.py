@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import from_dict, load_yaml
+from ..defaults import TEXT_BATCH_SIZE
 from ..errors import ConfigError
 
 TASKS = ("single", "multi")
@@ -207,7 +208,7 @@ def default_cache_dir() -> str:
     return os.path.join(root, "prompts")
 
 
-def encode_texts(model, tokenizer, texts: list[str], batch_size: int = 256) -> torch.Tensor:
+def encode_texts(model, tokenizer, texts: list[str], batch_size: int = TEXT_BATCH_SIZE) -> torch.Tensor:
     """Normalised text embeddings ``(T, D)`` in input order (float32, on the model's device).
 
     Texts are sorted by token length and encoded in batches, so each batch is trimmed to a similar real

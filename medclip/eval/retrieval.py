@@ -13,10 +13,12 @@ memory stays ``O(chunk * N)``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 
+from ..defaults import EVAL_BATCH_SIZE
 from ..errors import DataError
 
 
@@ -111,20 +113,30 @@ def alignment(x: torch.Tensor, y: torch.Tensor, alpha: float = 2.0) -> float:
     return float((x.float() - y.float()).norm(dim=1).pow(alpha).mean())
 
 
-def uniformity(x: torch.Tensor, t: float = 2.0) -> float:
+def uniformity(x: torch.Tensor, t: float = 2.0, chunk: int = 1024) -> float:
     """Uniformity ``log E exp(-t ||f(x) - f(x')||^2)`` over distinct pairs (lower is more uniform).
 
     Ranges from 0 (all embeddings collapsed to one point) down to about ``-4`` for points spread
-    uniformly on a high-dimensional sphere with ``t = 2``.
+    uniformly on a high-dimensional sphere with ``t = 2``. Computed in row blocks with a running
+    log-sum-exp: memory ``O(chunk · N)`` instead of the ``N²/2`` distances of ``torch.pdist``.
 
     Args:
         x: ``(N, D)`` normalised embeddings, ``N >= 2``.
         t: the temperature (2 in the paper).
+        chunk: rows per block.
     """
-    if x.shape[0] < 2:
+    n = x.shape[0]
+    if n < 2:
         raise DataError("uniformity needs at least 2 embeddings")
-    sq_dists = torch.pdist(x.float(), p=2).pow(2)
-    return float(sq_dists.mul(-t).exp().mean().log())
+    x = x.detach().double()
+    sq_norm = x.pow(2).sum(1)
+    parts = []
+    for start in range(0, n - 1, chunk):
+        stop = min(start + chunk, n - 1)  # block rows i in [start, stop) pair with columns j > i
+        sq = (sq_norm[start:stop, None] + sq_norm[None, start + 1:] - 2 * x[start:stop] @ x[start + 1:].T).clamp_min(0)
+        upper = torch.arange(n - start - 1)[None, :] >= torch.arange(stop - start)[:, None]
+        parts.append(torch.logsumexp(-t * sq[upper], 0))
+    return float(torch.logsumexp(torch.stack(parts), 0) - math.log(n * (n - 1) / 2))
 
 
 def embedding_metrics(image_features: torch.Tensor, text_features: torch.Tensor,
@@ -139,7 +151,8 @@ def embedding_metrics(image_features: torch.Tensor, text_features: torch.Tensor,
 
 def evaluate_retrieval(model, manifest: str, split: str | None = None,
                        sections: Sequence[str] | None = ("findings", "impression"), ks: Sequence[int] = (1, 5, 10),
-                       batch_size: int = 32, num_workers: int = 0, progress: bool = True) -> tuple[dict, object]:
+                       batch_size: int = EVAL_BATCH_SIZE, num_workers: int = 0,
+                       progress: bool = True) -> tuple[dict, object]:
     """Retrieval metrics of ``model`` on the image-report pairs of a manifest.
 
     Rows are loaded and checked by the data layer (:func:`medclip.data.manifest.load_manifest` and
@@ -178,7 +191,7 @@ def evaluate_retrieval(model, manifest: str, split: str | None = None,
                               columns=quarantine.columns)
     good = good.iloc[kept].reset_index(drop=True)
     texts = good["text"].tolist()
-    text_features = encode_texts(model, get_tokenizer(model.config), texts, batch_size=128)
+    text_features = encode_texts(model, get_tokenizer(model.config), texts)
     metrics = embedding_metrics(features, text_features, texts, ks)
     metrics.update({f"chance_R@{k}": chance_recall(texts, k) for k in ks})
     quarantine = pd.concat([quarantine, unreadable], ignore_index=True)

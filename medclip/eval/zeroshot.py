@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..defaults import EVAL_BATCH_SIZE, N_BOOTSTRAP, N_BOOTSTRAP_FIGURE
 from ..errors import DataError
 from .calibration import expected_calibration_error, fit_temperature, pooled_bins, probabilities
 from .inputs import encode_images, read_labelled_images
@@ -140,7 +141,7 @@ def score_table(clf: ZeroShotClassifier, table: pd.DataFrame, logits: np.ndarray
     return table, temperature
 
 
-def compute_metrics(table: pd.DataFrame, clf: ZeroShotClassifier, temperature: float, n_bootstrap: int = 1000,
+def compute_metrics(table: pd.DataFrame, clf: ZeroShotClassifier, temperature: float, n_bootstrap: int = N_BOOTSTRAP,
                     seed: int = 0, threshold: float = 0.5, bootstrap_unit: str = "patient", n_bins: int = 15) -> dict:
     """Metrics JSON content for the ``evaluated`` rows of a scored table (see :func:`score_table`)."""
     rows = table[table["evaluated"]]
@@ -161,7 +162,8 @@ def compute_metrics(table: pd.DataFrame, clf: ZeroShotClassifier, temperature: f
     return out
 
 
-def write_figures(result: ZeroShotResult, output: str, n_bootstrap: int = 200, seed: int = 0) -> dict[str, str]:
+def write_figures(result: ZeroShotResult, output: str, n_bootstrap: int = N_BOOTSTRAP_FIGURE,
+                  seed: int = 0) -> dict[str, str]:
     """ROC curves with CI bands, reliability diagram and (single-label) confusion matrix as PNGs."""
     from . import plots
 
@@ -201,9 +203,9 @@ def _select_split(table: pd.DataFrame, source, split: str | None, calibrate_on: 
 
 
 def run_zeroshot(model, source: str, classes: ClassFile | str, output: str | None = None, *,
-                 calibrate_on: str | None = None, val_fraction: float = 0.2, n_bootstrap: int = 1000,
+                 calibrate_on: str | None = None, val_fraction: float = 0.2, n_bootstrap: int = N_BOOTSTRAP,
                  seed: int = 0, threshold: float = 0.5, bootstrap_unit: str = "patient",
-                 batch_size: int = 32, num_workers: int = 0, cache_dir: str | None = None,
+                 batch_size: int = EVAL_BATCH_SIZE, num_workers: int = 0, cache_dir: str | None = None,
                  fingerprint: str | None = None, figures: bool = True, progress: bool = True,
                  max_images: int | None = None, split: str | None = None,
                  run_info: dict | None = None) -> ZeroShotResult:

@@ -124,7 +124,21 @@ def build_data(recipe, model_config, info: DistInfo, run_dir) -> tuple:
     if "val" not in loaders:
         logger.warning("no validation rows (data.val is 0, or too few patients): no validation metrics and no "
                        "best/; test rows are never used for validation")
-    return dataset, sampler, loaders.get("val")
+    val = loaders.get("val")
+    if val is not None and cfg.val_max_pairs and len(val.dataset) > cfg.val_max_pairs:
+        val = _fixed_subset(val, cfg.val_max_pairs, cfg.seed)
+    return dataset, sampler, val
+
+
+def _fixed_subset(loader: DataLoader, n: int, seed: int) -> DataLoader:
+    """A loader over a seeded, fixed subset of ``n`` pairs of ``loader``'s dataset (same every validation)."""
+    from ..data.dataset import ImageReportDataset
+
+    full = loader.dataset
+    keep = np.sort(np.random.default_rng(seed).choice(len(full), size=n, replace=False))
+    logger.info("validation on a fixed subset of %d of %d pairs (train.val_max_pairs)", n, len(full))
+    subset = ImageReportDataset(full.df.iloc[keep], full.image_transform, full.tokenizer, full.label_columns)
+    return DataLoader(subset, batch_size=loader.batch_size, shuffle=False, num_workers=loader.num_workers)
 
 
 def train_loader(dataset, sampler: ShardedBatchSampler, recipe, epoch: int, start: int, device) -> DataLoader:

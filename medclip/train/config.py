@@ -18,6 +18,7 @@ import logging
 from dataclasses import dataclass, field
 
 from ..config import ModelConfig, apply_overrides, from_dict, load_yaml, to_dict
+from ..defaults import TRAIN_BATCH_SIZE
 from ..errors import ConfigError
 from ..loss import LOSS_MODEL_DEFAULTS, get_loss
 
@@ -46,6 +47,9 @@ class TrainConfig:
         betas: AdamW betas.
         eps: AdamW epsilon.
         warmup: linear warmup steps before the cosine decay to 0.
+        warmup_samples: the warm-up in training pairs instead of steps (overrides ``warmup``): it becomes
+            ``ceil(warmup_samples / (batch_size × processes × accumulation))`` steps, so the same recipe warms up
+            over the same data on 1 or 64 GPUs. A warm-up of half the run or more is warned about.
         clip_grad: gradient-norm clip (0 = off).
         precision: ``auto`` (CUDA: bf16 where supported, else fp16 + GradScaler; CPU: fp32), ``fp32``,
             ``bf16`` or ``fp16`` (CUDA only).
@@ -68,6 +72,8 @@ class TrainConfig:
             dicts), ``text_model`` (local HF encoder folder).
         grad_checkpointing: recompute tower activations in backward (less memory, slower).
         eval_every: validate every this many epochs (0 = never); also at the end.
+        eval_every_steps: also validate every this many optimizer steps (0 = off), for long epochs.
+        val_max_pairs: validate on a fixed, seeded subset of at most this many validation pairs (None: all).
         checkpoint_every: also checkpoint every this many steps (0 = at epoch ends only).
         keep_last_k: step checkpoints kept (plus ``best``).
         log_every: steps between log rows / progress updates.
@@ -81,7 +87,7 @@ class TrainConfig:
     seed: int = 0
     epochs: int = 1
     max_steps: int | None = None
-    batch_size: int = 32
+    batch_size: int = TRAIN_BATCH_SIZE
     accumulation: int = 1
     gradcache_chunk: int = 0
     lr: float = 5e-4
@@ -90,6 +96,7 @@ class TrainConfig:
     betas: list = field(default_factory=lambda: [0.9, 0.98])
     eps: float = 1e-6
     warmup: int = 100
+    warmup_samples: int | None = None
     clip_grad: float = 1.0
     precision: str = "auto"
     loss: str = "tiled"
@@ -104,6 +111,8 @@ class TrainConfig:
     init_from_options: dict = field(default_factory=dict)
     grad_checkpointing: bool = False
     eval_every: int = 1
+    eval_every_steps: int = 0
+    val_max_pairs: int | None = None
     checkpoint_every: int = 0
     keep_last_k: int = 2
     log_every: int = 10
@@ -128,11 +137,13 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "accumulation", "keep_last_k", "log_every"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be an integer >= 1, got {getattr(self, name)!r}")
-        for name in ("gradcache_chunk", "warmup", "eval_every", "checkpoint_every"):
+        for name in ("gradcache_chunk", "warmup", "eval_every", "eval_every_steps", "checkpoint_every"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be an integer >= 0, got {getattr(self, name)!r}")
-        if self.max_steps is not None and (not isinstance(self.max_steps, int) or self.max_steps < 1):
-            raise ConfigError(f"train.max_steps must be an integer >= 1 (or null), got {self.max_steps!r}")
+        for name in ("max_steps", "warmup_samples", "val_max_pairs"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ConfigError(f"train.{name} must be an integer >= 1 (or null), got {value!r}")
         if not (isinstance(self.lr, (int, float)) and self.lr > 0):
             raise ConfigError(f"train.lr must be a positive number, got {self.lr!r}")
         if len(self.betas) != 2:

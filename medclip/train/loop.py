@@ -91,7 +91,7 @@ class Run:
         self.images_per_step = cfg.batch_size * info.world_size * cfg.accumulation
         self.total = min(max(1, len(self.sampler) // cfg.accumulation) * cfg.epochs, cfg.max_steps or sys.maxsize)
         self.optimizer = build_optimizer(self.core, cfg)
-        self.scheduler = build_scheduler(self.optimizer, cfg.warmup, self.total)
+        self.scheduler = build_scheduler(self.optimizer, self._warmup_steps(), self.total)
         self.scaler = torch.amp.GradScaler(info.device.type, enabled=self.precision == "fp16")
         seed_everything(cfg.seed + info.rank)  # augmentation/dropout stream (model init used cfg.seed)
         # the state a checkpoint carries besides the tensors (names are the keys of state.json)
@@ -101,6 +101,17 @@ class Run:
             self._resume()
         self.logger = MetricsLogger(run_dir, enabled=info.is_main)
         self.logger.truncate_after(self.step)
+
+    def _warmup_steps(self) -> int:
+        """``train.warmup`` steps, or ``train.warmup_samples`` pairs in steps of this run's global batch."""
+        cfg = self.cfg
+        steps = cfg.warmup if cfg.warmup_samples is None else math.ceil(cfg.warmup_samples / self.images_per_step)
+        if steps and steps >= 0.5 * self.total:
+            logger.warning("the lr warm-up takes %d of the run's %d steps (%d pairs per step over %d process(es)): "
+                           "the run spends half or more of its steps below the peak lr; lower train.warmup or give "
+                           "it in pairs (train.warmup_samples)", steps, self.total, self.images_per_step,
+                           self.info.world_size)
+        return steps
 
     @property
     def step(self) -> int:
@@ -247,6 +258,8 @@ def _fit(run: Run, stop_at: int, max_minutes: float | None) -> None:
             if run.step % cfg.log_every == 0 or run.step == stop_at:
                 run.log(bar, stop_at, elapsed / (run.step - first_step))
             bar.update(run.images_per_step)
+            if cfg.eval_every_steps and run.step % cfg.eval_every_steps == 0 and run.step < stop_at:
+                run.validate()
             out_of_time = _any_rank(max_minutes is not None and elapsed > 60 * max_minutes, run.device)
             stopped = run.step >= stop_at or out_of_time
             if stopped and run.step < run.total:

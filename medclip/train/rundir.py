@@ -31,8 +31,8 @@ RUN_OUTPUTS = ("checkpoints", "model", "best", "metrics.csv", "tensorboard", "lo
 # recipe keys a resumed run may change: the peak lr (what the divergence message tells users to lower), the
 # time/step budgets, logging/validation/checkpoint frequency, loader workers and CPU threads
 SAFE_ON_RESUME = ("train.lr", "train.max_minutes", "train.max_steps", "train.epochs", "train.log_every",
-                  "train.eval_every", "train.checkpoint_every", "train.keep_last_k", "train.threads",
-                  "data.num_workers", "data.eval_batch_size")
+                  "train.eval_every", "train.eval_every_steps", "train.checkpoint_every", "train.keep_last_k",
+                  "train.threads", "data.num_workers", "data.eval_batch_size")
 
 
 class RunFolderError(MedclipError):
