@@ -79,7 +79,8 @@ def roc_band(y: np.ndarray, score: np.ndarray, groups=None, n_bootstrap: int = N
 
 def plot_roc(y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str], task: str = "single",
              metrics: dict | None = None, groups=None, n_bootstrap: int = N_BOOTSTRAP_FIGURE, seed: int = 0, path=None):
-    """One ROC curve per class (one-vs-rest for single-label) with its 95% bootstrap band.
+    """One ROC curve per class (one-vs-rest for single-label) with its 95% bootstrap band; the legend states
+    each curve's number of positives and negatives.
 
     Args:
         metrics: the output of :func:`medclip.eval.metrics.evaluate` (AUROC and CI go in the legend).
@@ -93,10 +94,11 @@ def plot_roc(y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str], 
         band = roc_band(y, probs[:, c], groups, n_bootstrap, seed)
         if np.isnan(band["tpr"]).all():
             continue
-        label = name
+        known = y[~np.isnan(y)]
+        label = f"{name} ({int(known.sum())} positive / {int(len(known) - known.sum())} negative)"
         if metrics and f"auroc/{name}" in metrics["metrics"]:
             m = metrics["metrics"][f"auroc/{name}"]
-            label = f"{name}: AUROC {m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
+            label = f"{label}: AUROC {m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
         (line,) = ax.plot(band["fpr"], band["tpr"], label=label)
         ax.fill_between(band["fpr"], band["low"], band["high"], color=line.get_color(), alpha=0.2)
     ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="chance")
@@ -107,7 +109,8 @@ def plot_roc(y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str], 
 
 
 def plot_reliability(curves: dict[str, dict], path=None):
-    """Reliability diagram: observed frequency vs predicted confidence per bin, one series per entry.
+    """Reliability diagram: observed frequency vs predicted confidence per bin, one series per entry; each
+    point is labelled with its bin's count (a bin of 3 images says little).
 
     Args:
         curves: label (e.g. ``"before scaling (ECE 0.21)"``) -> output of
@@ -118,9 +121,12 @@ def plot_reliability(curves: dict[str, dict], path=None):
     ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="perfect calibration")
     for label, bins in curves.items():
         full = bins["count"] > 0
-        ax.plot(bins["confidence"][full], bins["accuracy"][full], "o-", label=label)
+        (line,) = ax.plot(bins["confidence"][full], bins["accuracy"][full], "o-", label=label)
+        for x, y, n in zip(bins["confidence"][full], bins["accuracy"][full], bins["count"][full]):
+            ax.annotate(f"{int(n)}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7,
+                        color=line.get_color())
     ax.set(xlabel="Predicted probability (confidence)", ylabel="Observed frequency (accuracy)",
-           title="Reliability diagram", xlim=(0, 1), ylim=(0, 1))
+           title="Reliability diagram (numbers: predictions per bin)", xlim=(0, 1), ylim=(0, 1))
     ax.legend(loc="upper left", fontsize=8)
     return _save(fig, path)
 
@@ -144,7 +150,7 @@ def plot_confusion(y_true: np.ndarray, y_pred: np.ndarray, class_names: Sequence
     return _save(fig, path)
 
 
-def plot_examples(paths: Sequence[str], titles: Sequence[str], ncols: int = 4, path=None):
+def plot_examples(paths: Sequence[str], titles: Sequence[str], ncols: int = 4, path=None, title: str | None = None):
     """A grid of images (grayscale) with a title each, e.g. the model's most/least confident cases."""
     from ..data.transforms import load_image
 
@@ -154,9 +160,11 @@ def plot_examples(paths: Sequence[str], titles: Sequence[str], ncols: int = 4, p
     fig, axes = plt.subplots(nrows, ncols, figsize=(3 * ncols, 3.2 * nrows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, image, title in zip(axes.flat, paths, titles):
+    for ax, image, caption in zip(axes.flat, paths, titles):
         arr = load_image(image)
         ax.imshow(arr if arr.ndim == 3 else arr, cmap=None if arr.ndim == 3 else "gray", vmin=0, vmax=1)
-        ax.set_title(title, fontsize=8)
+        ax.set_title(caption, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)

@@ -73,6 +73,12 @@ class LabelKind:
         AUROC over conditions with both labels present (multi; 0 when none)."""
         raise NotImplementedError
 
+    def majority_accuracy(self, targets: np.ndarray) -> float:
+        """Accuracy of always answering the most common label (the bar accuracy must clear), from
+        :meth:`indicator` targets: the commonest class's share (single) or, per condition, the larger of
+        the positive and negative shares, averaged (multi)."""
+        raise NotImplementedError
+
     def label_problem(self, y: np.ndarray, k: int) -> str | None:
         """Why ``y`` cannot be scored against ``k`` classes (one line), or None when it can."""
         raise NotImplementedError
@@ -118,6 +124,9 @@ class _Single(LabelKind):
     def selection_metric(self, scores, y):
         return float((scores.argmax(1) == y).mean())
 
+    def majority_accuracy(self, targets):
+        return float(np.nanmax(np.nanmean(targets, 0)))
+
     def label_problem(self, y, k):
         y = np.asarray(y, dtype=float)
         if np.isnan(y).any() or (y < 0).any() or (y >= k).any() or (y != np.round(y)).any():
@@ -157,6 +166,10 @@ class _Multi(LabelKind):
 
     def label_shape(self, n, k):
         return (n, k)
+
+    def majority_accuracy(self, targets):
+        share = np.nanmean(targets, 0)
+        return float(np.nanmean(np.maximum(share, 1 - share)))
 
     def selection_metric(self, scores, y):
         from .metrics import auroc

@@ -268,22 +268,47 @@ def subsample(table: pd.DataFrame, n: int, stratify: str | None = None, seed: in
 
 
 def confident_examples(result: ZeroShotResult, class_name: str, k: int = 4) -> pd.DataFrame:
-    """The evaluated images the model is most and least sure contain ``class_name``.
+    """The model's most confident correct and most confident incorrect calls of ``class_name``.
+
+    A call of the class is the predicted class (single-label; for two classes ``p >= threshold``) or
+    ``p >= threshold`` (multi-label), at the run's threshold; calls are ranked by the probability of the
+    class. Incorrect confident calls are where shortcuts show.
 
     Returns:
-        ``k`` rows with the highest and ``k`` with the lowest probability of ``class_name`` (column
-        ``group``: ``most confident`` / ``least confident``) with the true label (``truth``: yes/no).
+        Up to ``k`` rows per group (``group``: ``confident correct`` / ``confident incorrect``) with
+        ``image``, ``patient_id``, ``prob/<class>`` and ``truth`` (yes/no).
     """
-    if class_name not in result.classes.names:
-        raise DataError(f"unknown class '{class_name}' (classes: {', '.join(result.classes.names)})")
-    rows = result.table[result.eval_mask()] if result.eval_mask().any() else result.table
-    rows = rows.sort_values(f"prob/{class_name}", ascending=False)
-    c = result.classes.names.index(class_name)
-    out = pd.concat([rows.head(k).assign(group="most confident"),
-                     rows.tail(k).iloc[::-1].assign(group="least confident")])
-    truth = result.task.indicator(result.task.labels(out))[:, c]
-    out["truth"] = np.select([truth == 1, truth == 0], ["yes", "no"], "unknown")
+    task = result.task
+    if class_name not in task.classes:
+        raise DataError(f"unknown class '{class_name}' (classes: {', '.join(task.classes)})")
+    c = task.classes.index(class_name)
+    rows = result.table[result.eval_mask()]
+    threshold = result.metrics.get("bootstrap", {}).get("threshold", 0.5)
+    called = task.label_kind.decisions(rows[[f"prob/{n}" for n in task.classes]].to_numpy(float), threshold)[:, c] == 1
+    truth = task.indicator(task.labels(rows))[:, c]
+    calls = rows.assign(truth=np.where(truth == 1, "yes", "no"))[called & ~np.isnan(truth)]
+    calls = calls.sort_values(f"prob/{class_name}", ascending=False)
+    out = pd.concat([calls[calls["truth"] == "yes"].head(k).assign(group="confident correct"),
+                     calls[calls["truth"] == "no"].head(k).assign(group="confident incorrect")])
     return out[["group", "image", "patient_id", f"prob/{class_name}", "truth"]].reset_index(drop=True)
+
+
+def accuracy_table(result: ZeroShotResult) -> pd.DataFrame:
+    """Accuracy beside what it must be read against: each class's prevalence and the accuracy of always
+    answering the most common label (a model below that bar has learned nothing usable at this threshold)."""
+    task, metrics = result.task, result.metrics["metrics"]
+    targets = task.indicator(result.labels()[result.eval_mask()])
+    rows = []
+    for c, name in enumerate(task.classes):
+        acc = metrics.get(f"accuracy/{name}", {})
+        rows.append({"class": name, "prevalence": float(np.nanmean(targets[:, c])), "accuracy": acc.get("value"),
+                     "ci_low": acc.get("ci_low"), "ci_high": acc.get("ci_high"),
+                     "always-majority accuracy": task.label_kind.majority_accuracy(targets[:, [c]])
+                     if f"accuracy/{name}" in metrics else None})
+    acc = metrics["accuracy"]
+    rows.append({"class": "all", "prevalence": None, "accuracy": acc["value"], "ci_low": acc["ci_low"],
+                 "ci_high": acc["ci_high"], "always-majority accuracy": task.label_kind.majority_accuracy(targets)})
+    return pd.DataFrame(rows).set_index("class")
 
 
 def _write_outputs(result: ZeroShotResult, output: str, figures: bool, seed: int) -> None:
