@@ -8,10 +8,9 @@ from the SAME weights, see the same random images and the same real IU X-ray rep
 owns its model and optimizer, so the losses of every step must agree between the libraries: the script
 prints the largest difference (a check that both compute the same thing, nothing skipped).
 
-Ours runs with its default text path (the batch's real tokens packed into one matrix, see
-``medclip.text``); without ``--quick`` an extra row shows it trimmed to the batch maximum only
-(``pack_tokens = False``). Repetitions are interleaved (ours, open_clip, ours, ...) and each row reports
-the median, so machine noise cancels in the ratio.
+Ours runs its text path (the batch's real tokens packed into one matrix, see ``medclip.text``).
+Repetitions are interleaved (ours, open_clip, ours, ...) and each row reports the median, so machine
+noise cancels in the ratio.
 
 The "% of peak" column counts useful matmul FLOPs only — the image tower (counted by
 ``torch.utils.flop_counter``) and the text tower at each report's *real* token length, times 3 for
@@ -32,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import sys
 from pathlib import Path
 
@@ -69,14 +67,12 @@ def autocast(device: str, precision: str):
     return torch.autocast(device_type=device, dtype={"fp16": torch.float16, "bf16": torch.bfloat16}[precision])
 
 
-def make_step(model, batches, images, device, precision, pack_tokens=None):
+def make_step(model, batches, images, device, precision):
     """A zero-argument training step (own AdamW) that walks through ``batches`` (token ids) in order.
 
-    ``pack_tokens`` (ours only) selects our text path; the step's losses are kept in ``step.losses``.
+    The step's losses are kept in ``step.losses``.
     """
     optimizer = adamw(model)
-    if pack_tokens is not None:
-        model.text.pack_tokens = pack_tokens
 
     def step():
         text = batches[len(step.losses) % len(batches)]
@@ -128,17 +124,14 @@ def token_lengths(batches: list[torch.Tensor]) -> torch.Tensor:
 
 
 def bench_arch(arch, args, text_sets, peak) -> list[dict]:
-    """All rows for one architecture: per text set, open_clip vs ours (packed, and trim-only unless quick)."""
+    """All rows for one architecture: per text set, open_clip vs ours."""
     ours, theirs = (m.to(args.device).train() for m in common.same_weight_pair(arch))
-    extra = {} if args.quick else {"medclip (trim only)": copy.deepcopy(ours)}
     reps = timed_reps(args)
     rows = []
     for set_index, (name, texts) in enumerate(text_sets.items()):
         images, set_batches = step_inputs(ours, args, texts, reps + 1)
         fns = {"open_clip": make_step(theirs, set_batches, images, args.device, args.precision),
-               "medclip": make_step(ours, set_batches, images, args.device, args.precision, True)}
-        fns.update({lib: make_step(m, set_batches, images, args.device, args.precision, False)
-                    for lib, m in extra.items()})
+               "medclip": make_step(ours, set_batches, images, args.device, args.precision)}
         # one untimed warm-up round per architecture (allocator, oneDNN kernels); each fn then walks the
         # same batches in the same order, so every library's losses must agree step by step
         times = common.interleaved(fns, reps=reps, warmup=0 if set_index else 1)
@@ -169,7 +162,7 @@ def bench_bf16(arch, args, texts) -> dict:
     ours = common.same_weight_pair(arch)[0].train()
     reps = timed_reps(args)
     images, batches = step_inputs(ours, args, texts, reps + 1)
-    seconds = common.interleaved({"bf16": make_step(ours, batches, images, "cpu", "bf16", True)}, reps=reps)["bf16"]
+    seconds = common.interleaved({"bf16": make_step(ours, batches, images, "cpu", "bf16")}, reps=reps)["bf16"]
     return {"arch": arch, "text": "findings+impression", "lib": "medclip bf16 autocast", "seconds": seconds,
             "pairs_s": args.batch / seconds}
 
@@ -198,7 +191,7 @@ def profile_step(arch: str, args, texts, row_limit: int = 12) -> None:
     ours, theirs = (m.to(args.device).train() for m in common.same_weight_pair(arch))
     images, batches = step_inputs(ours, args, texts, 1)
     for lib, model in (("open_clip", theirs), ("medclip", ours)):
-        step = make_step(model, batches, images, args.device, args.precision, True if lib == "medclip" else None)
+        step = make_step(model, batches, images, args.device, args.precision)
         step()  # warm-up (allocator, oneDNN kernels)
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             step()

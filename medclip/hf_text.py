@@ -59,7 +59,6 @@ class HFTextTower(nn.Module):
             nn.init.normal_(self.text_projection.weight, std=self.width**-0.5)
             if config.proj_bias:
                 nn.init.zeros_(self.text_projection.bias)
-        self.max_buckets = 1  # length bucketing is a CLIP-tower feature; batches here are only trimmed
 
     @property
     def token_embedding(self) -> nn.Embedding:

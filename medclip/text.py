@@ -3,16 +3,17 @@
 Compared with open_clip's tower it computes the same function, with three differences that matter:
 
 * **separate q/k/v projections** (``q_proj``, ``k_proj``, ``v_proj``) so peft's LoRA can target each;
-* **no work on padding**. Under the causal mask a token never attends to later positions, so the EOS
-  embedding does not depend on the padding after it. By default the real tokens of the whole batch are
-  **packed** into one ``(tokens, width)`` matrix (:class:`Packing`): layer norms, q/k/v/out projections
-  and the MLP (~95% of the FLOPs) run on real tokens only, as one GEMM per layer, and only attention
-  scatters them into a ``(B, L_max)`` grid. Alternatives kept for comparison: trimming the batch to its
-  longest sequence (``pack_tokens = False``) and **length buckets** (``max_buckets > 1``,
-  :func:`plan_length_buckets`). All equal the 77-token run (tested, gradients included);
-* the **last block computes only the EOS rows** (the only ones EOS pooling reads);
+* **no work on padding** (the one fast path, :meth:`CLIPTextTransformer.forward`). Under the causal
+  mask a token never attends to later positions, so the EOS embedding does not depend on the padding
+  after it. The real tokens of the whole batch are **packed** into one ``(tokens, width)`` matrix
+  (:class:`Packing`): layer norms, q/k/v/out projections and the MLP (~95% of the FLOPs) run on real
+  tokens only, as one GEMM per layer, and only attention scatters them into a ``(B, L_max)`` grid;
+  the **last block computes only the EOS rows** (the only ones EOS pooling reads);
 * :meth:`CLIPTextTransformer.forward_embeds` takes token *embeddings* plus a mask, which CoOp uses to
   feed learnable context vectors.
+
+:meth:`CLIPTextTransformer.forward_reference` is the plain path (every position of the padded batch
+through every block, as open_clip computes it): the reference the fast path is tested against.
 """
 
 from __future__ import annotations
@@ -133,22 +134,6 @@ class CausalSelfAttention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.out_proj(out.transpose(1, 2).reshape(batch, length, width))
 
-    def forward_last(self, x: torch.Tensor, eos: torch.Tensor) -> torch.Tensor:
-        """Attention output ``(B, W)`` at the EOS positions only (keys and values at every position ≤ EOS).
-
-        Equal to ``forward(x)[arange(B), eos]`` — the causal mask becomes a key mask ``position ≤ eos`` —
-        while computing one query per row instead of ``L``.
-        """
-        batch, length, width = x.shape
-        head_dim = width // self.heads
-        rows = torch.arange(batch, device=x.device)
-        q = self.q_proj(x[rows, eos]).view(batch, self.heads, 1, head_dim)
-        k, v = (proj(x).view(batch, length, self.heads, head_dim).transpose(1, 2)
-                for proj in (self.k_proj, self.v_proj))
-        keep = torch.arange(length, device=x.device) <= eos[:, None]  # (B, L): the causal row of each EOS
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :])
-        return self.out_proj(out.reshape(batch, width))
-
     def forward_packed(self, x: torch.Tensor, packing: Packing) -> torch.Tensor:
         """:meth:`forward` on packed real tokens ``(T, W)``: projections on ``T`` rows, attention on the grid."""
         q, k, v = (packing.to_grid(proj(x), self.heads) for proj in (self.q_proj, self.k_proj, self.v_proj))
@@ -156,7 +141,11 @@ class CausalSelfAttention(nn.Module):
         return self.out_proj(packing.from_grid(out))
 
     def forward_packed_last(self, x: torch.Tensor, packing: Packing) -> torch.Tensor:
-        """:meth:`forward_last` on packed real tokens: the attention output ``(B, W)`` at each EOS."""
+        """The attention output ``(B, W)`` at each EOS only, from packed real tokens ``(T, W)``.
+
+        Equal to ``forward_packed(x, packing)[packing.ends]`` — the causal mask becomes a key mask
+        ``position <= eos`` — while computing one query per sequence instead of one per token.
+        """
         batch, width = packing.ends.shape[0], x.shape[1]
         q = self.q_proj(x[packing.ends]).view(batch, self.heads, 1, width // self.heads)
         k, v = (packing.to_grid(proj(x), self.heads) for proj in (self.k_proj, self.v_proj))
@@ -183,18 +172,13 @@ class ResidualBlock(nn.Module):
         x = x + self.attn(self.ln_1(x))
         return x + self.mlp(self.ln_2(x))
 
-    def forward_last(self, x: torch.Tensor, eos: torch.Tensor) -> torch.Tensor:
-        """The block's output ``(B, W)`` at the EOS positions only (what EOS pooling reads after the last block)."""
-        x_eos = x[torch.arange(x.shape[0], device=x.device), eos] + self.attn.forward_last(self.ln_1(x), eos)
-        return x_eos + self.mlp(self.ln_2(x_eos))
-
     def forward_packed(self, x: torch.Tensor, packing: Packing) -> torch.Tensor:
         """:meth:`forward` on packed real tokens ``(T, W)``."""
         x = x + self.attn.forward_packed(self.ln_1(x), packing)
         return x + self.mlp(self.ln_2(x))
 
     def forward_packed_last(self, x: torch.Tensor, packing: Packing) -> torch.Tensor:
-        """:meth:`forward_last` on packed real tokens: ``(B, W)`` at the EOS positions."""
+        """The block's output ``(B, W)`` at the EOS positions only (what EOS pooling reads after the last block)."""
         x_eos = x[packing.ends] + self.attn.forward_packed_last(self.ln_1(x), packing)
         return x_eos + self.mlp(self.ln_2(x_eos))
 
@@ -219,9 +203,6 @@ class CLIPTextTransformer(nn.Module):
         self.ln_final = nn.LayerNorm(config.width)
         self.text_projection = nn.Linear(config.width, embed_dim, bias=config.proj_bias)
         self.grad_checkpointing = False
-        self.pack_tokens = True
-        self.max_buckets = 1
-        self.eos_only_last_block = True
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -243,24 +224,12 @@ class CLIPTextTransformer(nn.Module):
     def forward(self, text: torch.Tensor) -> torch.Tensor:
         """Embed token ids ``(B, L)`` (zero padded, EOS = highest id) into ``(B, embed_dim)``.
 
-        Only real tokens are computed: packed (``pack_tokens``, the default), else the batch trimmed to
-        its longest sequence; with ``max_buckets > 1`` it is instead split into length buckets (see
-        :func:`plan_length_buckets`). All are exact under the causal mask.
+        Only real tokens are computed (packed, EOS-only last block; see the module docstring): exact
+        under the causal mask, equal to :meth:`forward_reference`.
         """
         eos = text.argmax(dim=-1)
-        lengths = eos + 1
-        if self.max_buckets <= 1 or text.shape[0] < 2:
-            return self._encode_ids(text[:, : int(lengths.max())], eos)
-        out = None
-        for index in plan_length_buckets(lengths, self.max_buckets):
-            part = self._encode_ids(text[index, : int(lengths[index].max())], eos[index])
-            out = part.new_empty(text.shape[0], part.shape[1]) if out is None else out
-            out[index] = part
-        return out
-
-    def _encode_ids(self, ids: torch.Tensor, eos: torch.Tensor) -> torch.Tensor:
-        x = self.token_embedding(ids) + self.positional_embedding[: ids.shape[1]]
-        return self._encode(x, eos)
+        ids = text[:, : int(eos.max()) + 1]
+        return self._encode(self.token_embedding(ids) + self.positional_embedding[: ids.shape[1]], eos)
 
     def forward_embeds(self, embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Embed token *embeddings* ``(B, L, width)``; the EOS is the last position where the mask is 1.
@@ -273,68 +242,28 @@ class CLIPTextTransformer(nn.Module):
         x = embeds[:, :length] + self.positional_embedding[:length]
         return self._encode(x, eos)
 
-    def _encode(self, x: torch.Tensor, eos: torch.Tensor) -> torch.Tensor:
-        """Blocks, final norm, EOS pooling and projection of a padded batch ``(B, L, W)``."""
-        if self.pack_tokens and self.max_buckets <= 1:
-            return self._encode_packed(x, eos)
-        ckpt = self.grad_checkpointing and torch.is_grad_enabled()
-        for index, block in enumerate(self.blocks):
-            if self.eos_only_last_block and index == len(self.blocks) - 1:
-                # EOS pooling reads one row per sequence: the last block computes just those rows
-                x = checkpoint(block.forward_last, x, eos, use_reentrant=False) if ckpt else block.forward_last(x, eos)
-                return self.text_projection(self.ln_final(x))
-            x = checkpoint(block, x, use_reentrant=False) if ckpt else block(x)
+    def forward_reference(self, text: torch.Tensor) -> torch.Tensor:
+        """The plain path: every position of the padded ``(B, L)`` batch through every block, EOS pooling.
+
+        What open_clip computes (no packing, no trimming, all rows in the last block); slower, kept as
+        the reference the fast :meth:`forward` is tested against.
+        """
+        eos = text.argmax(dim=-1)
+        x = self.token_embedding(text) + self.positional_embedding[: text.shape[1]]
+        for block in self.blocks:
+            x = block(x)
         x = self.ln_final(x)
         return self.text_projection(x[torch.arange(x.shape[0], device=x.device), eos])
 
-    def _encode_packed(self, x: torch.Tensor, eos: torch.Tensor) -> torch.Tensor:
-        """:meth:`_encode` with the real tokens packed into ``(T, W)`` (see :class:`Packing`)."""
+    def _encode(self, x: torch.Tensor, eos: torch.Tensor) -> torch.Tensor:
+        """Blocks, final norm and projection of a padded batch ``(B, L, W)``, real tokens packed into ``(T, W)``."""
         packing = Packing.from_eos(eos, x.shape[1])
         x = packing.pack(x)
         ckpt = self.grad_checkpointing and torch.is_grad_enabled()
         for index, block in enumerate(self.blocks):
-            last = self.eos_only_last_block and index == len(self.blocks) - 1
-            fn = block.forward_packed_last if last else block.forward_packed
+            fn = block.forward_packed_last if index == len(self.blocks) - 1 else block.forward_packed
             x = checkpoint(fn, x, packing, use_reentrant=False) if ckpt else fn(x, packing)
-        return self.text_projection(self.ln_final(x if self.eos_only_last_block else x[packing.ends]))
+        return self.text_projection(self.ln_final(x))
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
-
-
-def plan_length_buckets(lengths: torch.Tensor, max_buckets: int) -> list[torch.Tensor]:
-    """Split a batch into at most ``max_buckets`` groups of similar length, minimising padded tokens.
-
-    Sorting by length and cutting the sorted order into contiguous groups is optimal for a fixed number
-    of groups; an exact dynamic programme over the (≤ a few hundred) sorted lengths picks the cuts that
-    minimise ``sum(group_size * group_max_length)``. A new bucket must save at least 8 tokens per row
-    of the bucket on average, so near-uniform batches stay in one piece.
-
-    Args:
-        lengths: ``(B,)`` real lengths (EOS position + 1).
-        max_buckets: the most groups to return.
-
-    Returns:
-        Index tensors (into the batch), one per non-empty group.
-    """
-    order = torch.argsort(lengths)
-    sorted_lengths = lengths[order].tolist()
-    n = len(sorted_lengths)
-    bucket_cost = 8 * n / max(max_buckets, 1)  # tokens a cut must save to pay for an extra small GEMM
-    inf = float("inf")
-    # best[k][i]: min cost of covering the first i sorted rows with k buckets; cut[k][i]: start of last bucket
-    best = [[inf] * (n + 1) for _ in range(max_buckets + 1)]
-    cut = [[0] * (n + 1) for _ in range(max_buckets + 1)]
-    best[0][0] = 0.0
-    for k in range(1, max_buckets + 1):
-        for i in range(1, n + 1):
-            for j in range(k - 1, i):
-                cost = best[k - 1][j] + (i - j) * sorted_lengths[i - 1] + bucket_cost
-                if cost < best[k][i]:
-                    best[k][i], cut[k][i] = cost, j
-    k = min(range(1, max_buckets + 1), key=lambda b: best[b][n])
-    bounds, i = [], n
-    while k > 0:
-        bounds.append((cut[k][i], i))
-        i, k = cut[k][i], k - 1
-    return [order[start:stop] for start, stop in reversed(bounds) if stop > start]

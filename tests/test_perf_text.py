@@ -1,9 +1,10 @@
-"""Speed paths of the text tower equal the plain path: packed tokens, length buckets, EOS-only last block.
+"""The text tower's fast path (packed tokens, EOS-only last block) equals its plain reference path.
 
-Each optimisation in ``medclip/text.py`` can be switched off; these tests compare outputs AND parameter
-gradients of the fast paths against the plain one (every position of the trimmed batch, all rows in the
-last block) on report-like text, and our tower against open_clip's with copied weights (the benchmark's
-setup). The training step (:func:`medclip.train.loop.forward_backward`) is checked to take the packed path.
+``CLIPTextTransformer.forward`` packs the batch's real tokens and computes only the EOS rows in the last
+block; ``forward_reference`` runs every position of the padded batch through every block. These tests
+compare outputs AND parameter gradients of the two on report-like text, and our tower against
+open_clip's with copied weights (the benchmark's setup). The training step
+(:func:`medclip.train.loop.forward_backward`) is checked to take the packed path.
 """
 
 from __future__ import annotations
@@ -27,43 +28,21 @@ REPORTS = [
 ]
 
 
-def _plain(model):
-    plain = copy.deepcopy(model)
-    plain.text.eos_only_last_block = False
-    plain.text.pack_tokens = False
-    plain.text.max_buckets = 1
-    return plain
-
-
-def _fast(model, mode: str):
-    """``packed`` (the default), ``trim`` (batch cut to its longest row) or ``buckets`` (3 length groups)."""
-    fast = copy.deepcopy(model)
-    fast.text.pack_tokens = mode == "packed"
-    fast.text.max_buckets = 3 if mode == "buckets" else 1
-    fast.text.eos_only_last_block = True
-    return fast
-
-
-def _grads(model, ids):
+def _grads(model, ids, reference: bool):
     model.zero_grad(set_to_none=True)
-    out = model.text(ids)
+    out = model.text.forward_reference(ids) if reference else model.text(ids)
     (out * torch.linspace(-1, 1, out.shape[1])).sum().backward()
     return out.detach(), {k: p.grad.clone() for k, p in model.text.named_parameters() if p.grad is not None}
 
 
-def test_packed_path_is_the_default(tiny_model):
-    assert tiny_model.text.pack_tokens and tiny_model.text.max_buckets == 1 and tiny_model.text.eos_only_last_block
-
-
-@pytest.mark.parametrize("mode", ["packed", "trim", "buckets"])
 @pytest.mark.parametrize("checkpointing", [False, True])
-def test_fast_text_path_equals_plain_path_with_gradients(tiny_model, tokenizer, mode, checkpointing):
+def test_fast_text_path_equals_plain_path_with_gradients(tiny_model, tokenizer, checkpointing):
     ids = tokenizer(REPORTS)
-    fast = _fast(tiny_model, mode).train()
+    fast = copy.deepcopy(tiny_model).train()
     fast.text.set_grad_checkpointing(checkpointing)
-    plain = _plain(tiny_model).train()
-    out_fast, grads_fast = _grads(fast, ids)
-    out_plain, grads_plain = _grads(plain, ids)
+    plain = copy.deepcopy(tiny_model).train()
+    out_fast, grads_fast = _grads(fast, ids, reference=False)
+    out_plain, grads_plain = _grads(plain, ids, reference=True)
     assert torch.allclose(out_fast, out_plain, atol=1e-5)
     assert grads_fast.keys() == grads_plain.keys()
     for name, grad in grads_plain.items():
@@ -73,13 +52,16 @@ def test_fast_text_path_equals_plain_path_with_gradients(tiny_model, tokenizer, 
 
 def test_eos_only_attention_equals_full_causal_attention_at_eos():
     torch.manual_seed(0)
-    from medclip.text import CausalSelfAttention
+    from medclip.text import CausalSelfAttention, Packing
 
     attn = CausalSelfAttention(32, 4)
     x = torch.randn(5, 9, 32)
     eos = torch.tensor([8, 0, 3, 5, 8])
     full = attn(x)[torch.arange(5), eos]
-    assert torch.allclose(attn.forward_last(x, eos), full, atol=1e-6)
+    packing = Packing.from_eos(eos, 9)
+    packed = packing.pack(x)
+    assert torch.allclose(attn.forward_packed_last(packed, packing), full, atol=1e-6)
+    assert torch.allclose(attn.forward_packed(packed, packing)[packing.ends], full, atol=1e-6)
 
 
 def test_packing_round_trip_and_positions():
@@ -129,10 +111,8 @@ def test_forward_embeds_fast_equals_plain(tiny_model, tokenizer):
     mask = (torch.arange(ids.shape[1]) <= ids.argmax(-1)[:, None]).long()
     with torch.no_grad():
         fast = tiny_model.text.forward_embeds(embeds, mask)
-        plain = _plain(tiny_model).text.forward_embeds(embeds, mask)
-        from_ids = tiny_model.text(ids)
+        plain = tiny_model.text.forward_reference(ids)
     assert torch.allclose(fast, plain, atol=1e-5)
-    assert torch.allclose(fast, from_ids, atol=1e-5)
 
 
 def test_text_tower_equals_open_clip_with_copied_weights(tokenizer):
@@ -149,8 +129,9 @@ def test_text_tower_equals_open_clip_with_copied_weights(tokenizer):
                                 text={"width": 64, "heads": 4, "layers": 2, "mlp_ratio": 4.0}).eval()
     common.copy_open_clip_text(ours.text, ref)
     ids = tokenizer(REPORTS)
-    for mode in ("packed", "trim", "buckets"):
-        fast = _fast(ours, mode)
-        with torch.no_grad():
-            diff = (fast.encode_text(ids) - ref.encode_text(ids, normalize=True)).abs().max()
-        assert diff < 1e-5, mode
+    with torch.no_grad():
+        expected = ref.encode_text(ids, normalize=True)
+        fast = ours.encode_text(ids)
+        plain = torch.nn.functional.normalize(ours.text.forward_reference(ids), dim=-1)
+    assert (fast - expected).abs().max() < 1e-5
+    assert (plain - expected).abs().max() < 1e-5
