@@ -13,9 +13,7 @@ import platform
 import re
 import statistics
 import sys
-import tarfile
 import time
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import torch
@@ -36,35 +34,17 @@ TEMPLATES = ("a chest x-ray showing {}.", "a radiograph of {}.", "{}.", "a photo
 def iu_xray_texts(sections: str) -> list[str]:
     """Report texts of the IU X-ray archive: ``"findings+impression"`` or ``"impression"``.
 
-    Uses :func:`medclip.data.reports.read_iu_xray` when present (the data package), else a small XML
-    reader. Reports whose requested sections are all empty are left out.
+    Read with :func:`medclip.data.reports.read_iu_xray`. Reports whose requested sections are all empty
+    are left out.
     """
+    from medclip.data.reports import read_iu_xray
+
     if not IU_XRAY.is_file():
         sys.exit(f"benchmark data not found: {IU_XRAY} (set MEDCLIP_SHARED_DATA to the shared data folder)")
-    try:
-        from medclip.data.reports import read_iu_xray
-
-        rows = read_iu_xray(str(IU_XRAY)).to_dict("records")
-    except ImportError:
-        rows = _read_iu_xml(IU_XRAY)
+    rows = read_iu_xray(str(IU_XRAY)).to_dict("records")
     wanted = ("findings", "impression") if sections == "findings+impression" else ("impression",)
     texts = [" ".join(row[s] for s in wanted if row[s]) for row in rows]
     return [t for t in texts if t]
-
-
-def _read_iu_xml(path: Path) -> list[dict]:
-    rows = []
-    with tarfile.open(path, "r:*") as tar:
-        for member in tar:
-            if member.isfile() and member.name.endswith(".xml"):
-                root = ET.fromstring(tar.extractfile(member).read())
-                row = {"findings": "", "impression": ""}
-                for node in root.iter("AbstractText"):
-                    label = (node.get("Label") or "").lower()
-                    if label in row:
-                        row[label] = " ".join("".join(node.itertext()).split())
-                rows.append(row)
-    return rows
 
 
 def zero_shot_prompts() -> list[str]:

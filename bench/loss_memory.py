@@ -2,10 +2,9 @@
 
 Each (method, N) runs in its own subprocess so peak RSS (``ru_maxrss``) is not polluted by other
 runs. The increase is measured over the process peak after the ``(N, d)`` features exist, so it is the
-loss's own extra memory (logits, softmax, gradients). ``dense`` is open_clip's ``ClipLoss`` when
-open_clip is installed (else :func:`medclip.loss.clip_loss`); ``tiled`` is
-:func:`medclip.loss.tiled_clip_loss`. ``sig-ref`` is open_clip's ``SigLipLoss`` (N × N logits) and
-``siglip`` is :func:`medclip.loss.siglip_loss` (streamed, logit bias −10, scale 10).
+loss's own extra memory (logits, softmax, gradients). ``dense`` is open_clip's ``ClipLoss`` (open_clip
+is required); ``tiled`` is :func:`medclip.loss.tiled_clip_loss`. ``sig-ref`` is open_clip's ``SigLipLoss``
+(N × N logits) and ``siglip`` is :func:`medclip.loss.siglip_loss` (streamed, logit bias −10, scale 10).
 
 Usage::
 
@@ -30,15 +29,10 @@ def _rss_mib() -> float:
 
 
 def _dense_fn():
-    try:
-        from open_clip.loss import ClipLoss
+    from open_clip.loss import ClipLoss
 
-        loss = ClipLoss()
-        return "open_clip.ClipLoss", lambda i, t, s: loss(i, t, s)
-    except ImportError:
-        from medclip.loss import clip_loss
-
-        return "medclip.clip_loss", clip_loss
+    loss = ClipLoss()
+    return "open_clip.ClipLoss", lambda i, t, s: loss(i, t, s)
 
 
 def _loss_fn(method: str):

@@ -1,7 +1,7 @@
 """Run every benchmark script and write ``bench/results.md`` (date, CPU, torch, targets, full tables).
 
-Each script runs in its own subprocess (``--quick`` passed through); a script that does not exist yet
-is skipped with a note. ``--device``/``--precision`` go to the scripts that take them (train_step,
+Each script runs in its own subprocess (``--quick`` passed through); a missing script or dependency
+is an error, never a silent skip. ``--device``/``--precision`` go to the scripts that take them (train_step,
 text_encode). The targets table reads each script's last ("key") line.
 
 Usage::
@@ -47,10 +47,8 @@ def parse_args(argv=None):
 
 
 def run_script(name: str, device_args: bool, args) -> dict:
-    """Run one script; returns its output, exit code and wall time (or a skip note)."""
+    """Run one script; returns its output, exit code and wall time."""
     path = BENCH / name
-    if not path.is_file():
-        return {"name": name, "skipped": f"{name} not present yet"}
     cmd = [sys.executable, str(path)] + (["--quick"] if args.quick else [])
     if device_args and (args.device != "cpu" or args.precision != "fp32"):
         cmd += ["--device", args.device, "--precision", args.precision]
@@ -109,20 +107,15 @@ def targets(results: dict) -> list[list[str]]:
 
 def write_results(path: str, args, results: dict, load: tuple) -> None:
     """The markdown report."""
+    import open_clip
     import torch
 
-    try:
-        import open_clip
-
-        oc_version = open_clip.__version__
-    except ImportError:
-        oc_version = "not installed"
     when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     lines = [
         "# Benchmark results", "",
         f"- date: {when}",
         f"- CPU: {common.cpu_name()} ({os.cpu_count()} cores); device {args.device}, precision {args.precision}",
-        f"- torch {torch.__version__}, open_clip {oc_version}, python {sys.version.split()[0]}",
+        f"- torch {torch.__version__}, open_clip {open_clip.__version__}, python {sys.version.split()[0]}",
         f"- command: `python bench/run_all.py{' --quick' if args.quick else ''}`",
         f"- machine load average (1 min) before / after: {load[0]:.1f} / {load[1]:.1f} on {os.cpu_count()} cores"
         + (" — other processes shared the machine, so absolute times are noisy; ratios come from interleaved"
@@ -134,15 +127,15 @@ def write_results(path: str, args, results: dict, load: tuple) -> None:
         if r is None:
             continue
         lines += [f"## {name} — {what}", ""]
-        if "skipped" in r:
-            lines += [f"Skipped: {r['skipped']}.", ""]
-            continue
         lines += [f"{r['seconds']:.0f} s, exit code {r['code']}.", "", "```text", r["output"], "```", ""]
     Path(path).write_text("\n".join(lines))
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    missing = [name for name, _, _ in SCRIPTS if not (BENCH / name).is_file()]
+    if missing:
+        sys.exit(f"benchmark scripts missing from {BENCH}: {', '.join(missing)}")
     load_before = os.getloadavg()[0]
     results = {}
     for name, device_args, _ in SCRIPTS:
