@@ -66,6 +66,7 @@ def test_codes_with_a_class_name_file_stop_with_the_column_and_values(saved_mode
                        "  PNEUMONIA: {prompts: [pneumonia], values: [1]}\n")
     code, out, err = run(saved_model, manifest, classes, capsys)
     assert code == 0 and "8 evaluated" in out
+    assert "nothing saved (no --output)" in out  # a command says where its outputs went, or that none were kept
 
 
 def test_yes_no_true_false_are_read_and_every_condition_is_scored(saved_model, images, tmp_path, capsys):

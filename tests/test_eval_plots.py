@@ -59,3 +59,32 @@ def test_confident_examples_are_the_most_confident_correct_and_incorrect_calls(r
     assert wrong["image"].tolist() == ["i8.png", "i5.png"]  # highest P among the normals called pneumonia
     assert (correct["truth"] == "yes").all() and (wrong["truth"] == "no").all()
     assert confident_examples(result, "normal", k=2).empty  # never called normal
+
+
+def test_the_encoding_progress_bar_counts_images_not_batches(tiny_model, tmp_path, monkeypatch):
+    import tqdm.auto
+    from PIL import Image
+
+    from medclip.eval.inputs import encode_images
+
+    bars = []
+
+    class Recorder:
+        def __init__(self, total=None, **kwargs):
+            self.total, self.n, self.unit = total, 0, kwargs.get("unit")
+            bars.append(self)
+
+        def update(self, n):
+            self.n += n
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Recorder)
+    paths = []
+    for i in range(5):
+        Image.fromarray(np.full((16, 16), 40 * i, dtype=np.uint8)).save(tmp_path / f"{i}.png")
+        paths.append(str(tmp_path / f"{i}.png"))
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    encode_images(tiny_model, [*paths, str(tmp_path / "bad.png")], batch_size=4, progress=True)
+    assert [(b.total, b.n, b.unit) for b in bars] == [(6, 6, "img")]

@@ -59,6 +59,8 @@ def run(args) -> int:
     print(summary(result))
     if args.output:
         print(f"wrote {args.output}/probabilities.csv and {args.output}/metrics.json")
+    else:
+        print("nothing saved (no --output): add --output DIR for probabilities.csv, metrics.json and figures")
     return 0
 
 

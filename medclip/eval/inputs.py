@@ -176,11 +176,14 @@ def encode_images(model, paths, transform=None, batch_size: int = EVAL_BATCH_SIZ
                                          num_workers=num_workers, collate_fn=_collate)
     device = next(model.parameters()).device
     feats, kept, bad = [], [], []
-    for index, images, failed in tqdm(loader, desc="images", disable=not progress, leave=False):
+    bar = tqdm(total=len(paths), desc="images", unit="img", disable=not progress, leave=False)  # counts images
+    for index, images, failed in loader:
         bad += failed
         if images is not None:
             feats.append(model.encode_image(images.to(device)).float().cpu())
             kept += index
+        bar.update(len(index) + len(failed))
+    bar.close()
     if not feats:
         reason = bad[0][1] if bad else "no images given"
         raise DataError(f"no image could be read ({len(bad)} failed; first: {reason})")
