@@ -31,6 +31,7 @@ from ..errors import DataError
 from .task import label_kind
 
 logger = logging.getLogger(__name__)
+CI = 0.95  # the confidence level of every interval
 
 
 def bootstrap_indices(n: int, groups: Sequence | None = None, n_resamples: int = N_BOOTSTRAP,
@@ -189,8 +190,7 @@ def _check_inputs(y_true, probs, class_names, task) -> tuple[np.ndarray, np.ndar
 
 
 def evaluate(y_true, probs, class_names: Sequence[str], task: str = "single", threshold: float = 0.5,
-             groups: Sequence | None = None, n_bootstrap: int = N_BOOTSTRAP, seed: int = 0,
-             ci: float = 0.95) -> dict:
+             groups: Sequence | None = None, n_bootstrap: int = N_BOOTSTRAP, seed: int = 0) -> dict:
     """Metrics with percentile-bootstrap confidence intervals.
 
     Args:
@@ -202,7 +202,6 @@ def evaluate(y_true, probs, class_names: Sequence[str], task: str = "single", th
         groups: optional patient id per image: resample patients (cluster bootstrap) instead of images.
         n_bootstrap: number of resamples (0 = point estimates only).
         seed: bootstrap seed.
-        ci: confidence level of the interval.
 
     Returns:
         ``{"metrics": {name: {"value", "ci_low", "ci_high", "n_valid_resamples"}}, "n_images",
@@ -216,6 +215,7 @@ def evaluate(y_true, probs, class_names: Sequence[str], task: str = "single", th
         weights = np.stack([np.bincount(i, minlength=len(probs)) for i in indices[start:start + 200]]).astype(float)
         for key, values in bootstrap_metrics(y_true, probs, class_names, weights, task, threshold).items():
             samples[key].append(values)
+    ci = CI
     lo_q, hi_q = 100 * (1 - ci) / 2, 100 * (1 + ci) / 2
     metrics = {}
     for key, value in point.items():

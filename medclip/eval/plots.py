@@ -78,12 +78,13 @@ def roc_band(y: np.ndarray, score: np.ndarray, groups=None, n_bootstrap: int = N
 
 
 def plot_roc(y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str], task: str = "single",
-             metrics: dict | None = None, groups=None, n_bootstrap: int = N_BOOTSTRAP_FIGURE, seed: int = 0, path=None):
+             metrics: dict | None = None, groups=None, n_bootstrap: int = N_BOOTSTRAP_FIGURE, path=None):
     """One ROC curve per class (one-vs-rest for single-label) with its 95% bootstrap band; the legend states
     each curve's number of positives and negatives.
 
     Args:
-        metrics: the output of :func:`medclip.eval.metrics.evaluate` (AUROC and CI go in the legend).
+        metrics: the output of :func:`medclip.eval.metrics.evaluate` (AUROC and CI go in the legend; its
+            bootstrap seed seeds the bands).
     """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 5))
@@ -91,7 +92,7 @@ def plot_roc(y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str], 
     targets = kind.indicator(np.asarray(y_true), len(class_names))
     for c in kind.curves(len(class_names)):  # binary single-label: the positive class only (mirror images)
         name, y = class_names[c], targets[:, c]
-        band = roc_band(y, probs[:, c], groups, n_bootstrap, seed)
+        band = roc_band(y, probs[:, c], groups, n_bootstrap, (metrics or {}).get("bootstrap", {}).get("seed", 0))
         if np.isnan(band["tpr"]).all():
             continue
         known = y[~np.isnan(y)]

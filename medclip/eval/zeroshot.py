@@ -12,6 +12,7 @@ scaling fitted on a validation split) and figures. See :mod:`medclip.eval.prompt
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -162,9 +163,9 @@ def compute_metrics(table: pd.DataFrame, clf: ZeroShotClassifier, temperature: f
     return out
 
 
-def write_figures(result: ZeroShotResult, output: str, n_bootstrap: int = N_BOOTSTRAP_FIGURE,
-                  seed: int = 0) -> dict[str, str]:
-    """ROC curves with CI bands, reliability diagram and (single-label) confusion matrix as PNGs."""
+def write_figures(result: ZeroShotResult, output: str, n_bootstrap: int = N_BOOTSTRAP_FIGURE) -> dict[str, str]:
+    """ROC curves with CI bands (seeded like the metrics' bootstrap), reliability diagram and (single-label)
+    confusion matrix as PNGs."""
     from . import plots
 
     mask, task, m = result.eval_mask(), result.task, result.metrics
@@ -173,7 +174,7 @@ def write_figures(result: ZeroShotResult, output: str, n_bootstrap: int = N_BOOT
     y, probs = result.labels()[mask], result.probs()[mask]
     rows = result.table[mask]
     figures = {name: os.path.join(output, f"{name}.png") for name in ("roc", "reliability", "confusion")}
-    plots.plot_roc(y, probs, task.classes, task.kind, m, _cluster_ids(rows), n_bootstrap, seed, figures["roc"])
+    plots.plot_roc(y, probs, task.classes, task.kind, m, _cluster_ids(rows), n_bootstrap, figures["roc"])
     raw = probabilities(rows[[f"logit/{n}" for n in task.classes]].to_numpy(dtype=float), task.kind)
     curves = {f"zero-shot (ECE {m['calibration']['ece_before_scaling']:.3f})": raw}
     if m["temperature"] != 1.0:
@@ -202,20 +203,11 @@ def _select_split(table: pd.DataFrame, source, split: str | None, calibrate_on: 
     return table[keep].reset_index(drop=True)
 
 
-def run_zeroshot(model, source: str, classes: ClassFile | str, output: str | None = None, *,
-                 calibrate_on: str | None = None, val_fraction: float = 0.2, n_bootstrap: int = N_BOOTSTRAP,
-                 seed: int = 0, threshold: float = 0.5, bootstrap_unit: str = "patient",
-                 batch_size: int = EVAL_BATCH_SIZE, num_workers: int = 0, cache_dir: str | None = None,
-                 fingerprint: str | None = None, figures: bool = True, progress: bool = True,
-                 max_images: int | None = None, split: str | None = None,
-                 run_info: dict | None = None) -> ZeroShotResult:
-    """Zero-shot classify every image of ``source`` and evaluate against its labels.
+@dataclass
+class ZeroShotOptions:
+    """How :func:`run_zeroshot` reads, scores and reports.
 
-    Args:
-        model: a :class:`medclip.CLIP` (put in eval mode here).
-        source: a manifest CSV or a class-per-folder image tree.
-        classes: class file (path or :class:`ClassFile`).
-        output: folder for ``probabilities.csv``, ``metrics.json``, ``quarantine.csv`` and figures.
+    Attributes:
         calibrate_on: split name (``val``) to fit temperature scaling on; metrics use the other rows.
             Without a ``split`` column a leak-free patient-level split of ``val_fraction`` is made.
         val_fraction: fraction of patients for the calibration split when one must be made.
@@ -226,7 +218,7 @@ def run_zeroshot(model, source: str, classes: ClassFile | str, output: str | Non
         batch_size: images per forward pass.
         num_workers: DataLoader workers for image decoding.
         cache_dir: prompt-embedding cache (None: no cache).
-        fingerprint: precomputed weights hash for the cache key.
+        fingerprint: precomputed text-tower hash for the cache key.
         figures: write the PNG figures (needs ``output``).
         progress: show progress bars.
         max_images: evaluate a seeded random subset of this many images (stratified by class for
@@ -235,26 +227,57 @@ def run_zeroshot(model, source: str, classes: ClassFile | str, output: str | Non
             calibration).
         run_info: extra entries stored in ``metrics.json`` (model folder, command line ...).
     """
+
+    calibrate_on: str | None = None
+    val_fraction: float = 0.2
+    n_bootstrap: int = N_BOOTSTRAP
+    seed: int = 0
+    threshold: float = 0.5
+    bootstrap_unit: str = "patient"
+    batch_size: int = EVAL_BATCH_SIZE
+    num_workers: int = 0
+    cache_dir: str | None = None
+    fingerprint: str | None = None
+    figures: bool = True
+    progress: bool = True
+    max_images: int | None = None
+    split: str | None = None
+    run_info: dict | None = None
+
+
+def run_zeroshot(model, source: str, classes: ClassFile | str, output: str | None = None,
+                 options: ZeroShotOptions | None = None, **overrides) -> ZeroShotResult:
+    """Zero-shot classify every image of ``source`` and evaluate against its labels.
+
+    Args:
+        model: a :class:`medclip.CLIP` (put in eval mode here).
+        source: a manifest CSV, a class-per-folder image tree or a manifest DataFrame.
+        classes: class file (path or :class:`ClassFile`).
+        output: folder for ``probabilities.csv``, ``metrics.json``, ``quarantine.csv`` and figures.
+        options: see :class:`ZeroShotOptions`.
+        **overrides: fields of :class:`ZeroShotOptions` (``n_bootstrap=200``) replacing those of ``options``.
+    """
+    o = dataclasses.replace(options or ZeroShotOptions(), **overrides)
     model.eval()
-    clf = ZeroShotClassifier(model, classes, cache_dir=cache_dir, fingerprint=fingerprint)
-    table = _select_split(read_labelled_images(source, clf.classes), source, split, calibrate_on)
-    if max_images and len(table) > max_images:
-        table = subsample(table, max_images, "label" if clf.task.kind == SINGLE.name else None, seed)
-    features, kept, bad = encode_images(model, table["image"].tolist(), batch_size=batch_size,
-                                        num_workers=num_workers, progress=progress)
+    clf = ZeroShotClassifier(model, classes, cache_dir=o.cache_dir, fingerprint=o.fingerprint)
+    table = _select_split(read_labelled_images(source, clf.classes), source, o.split, o.calibrate_on)
+    if o.max_images and len(table) > o.max_images:
+        table = subsample(table, o.max_images, "label" if clf.task.kind == SINGLE.name else None, o.seed)
+    features, kept, bad = encode_images(model, table["image"].tolist(), batch_size=o.batch_size,
+                                        num_workers=o.num_workers, progress=o.progress)
     quarantine = pd.DataFrame([(table["image"].iat[i], reason) for i, reason in bad], columns=["image", "reason"])
     table = table.iloc[kept].reset_index(drop=True)
     logits = clf.logits(features).numpy()
-    table, temperature = score_table(clf, table, logits, calibrate_on, val_fraction, seed)
-    metrics = compute_metrics(table, clf, temperature, n_bootstrap, seed, threshold, bootstrap_unit)
+    table, temperature = score_table(clf, table, logits, o.calibrate_on, o.val_fraction, o.seed)
+    metrics = compute_metrics(table, clf, temperature, o.n_bootstrap, o.seed, o.threshold, o.bootstrap_unit)
     metrics["n_quarantined"] = int(len(quarantine))
-    metrics.update({"calibrate_on": calibrate_on, "split": split, "max_images": max_images,
+    metrics.update({"calibrate_on": o.calibrate_on, "split": o.split, "max_images": o.max_images,
                     "source": str(source) if isinstance(source, (str, os.PathLike)) else "DataFrame",
-                    **(run_info or {})})
+                    **(o.run_info or {})})
     metrics["prompts"] = clf.task.prompt_report()
     result = ZeroShotResult(table, metrics, clf.classes, quarantine)
     if output:
-        _write_outputs(result, output, figures, seed)
+        _write_outputs(result, output, o.figures)
     return result
 
 
@@ -311,7 +334,7 @@ def accuracy_table(result: ZeroShotResult) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("class")
 
 
-def _write_outputs(result: ZeroShotResult, output: str, figures: bool, seed: int) -> None:
+def _write_outputs(result: ZeroShotResult, output: str, figures: bool) -> None:
     from ..version import __version__
 
     os.makedirs(output, exist_ok=True)
@@ -326,7 +349,7 @@ def _write_outputs(result: ZeroShotResult, output: str, figures: bool, seed: int
         write_csv(result.quarantine, os.path.join(output, "quarantine.csv"))
     if figures:
         n_band = min(200, result.metrics.get("bootstrap", {}).get("n_resamples", 200))
-        result.figures = write_figures(result, output, n_bootstrap=n_band, seed=seed)
+        result.figures = write_figures(result, output, n_bootstrap=n_band)
         result.metrics["figures"] = {k: os.path.basename(v) for k, v in result.figures.items()}
     with open(os.path.join(output, "metrics.json"), "w", encoding="utf-8") as f:
         json.dump(json_safe(result.metrics), f, indent=2)
