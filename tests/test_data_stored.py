@@ -44,10 +44,10 @@ def test_cache_file_of_a_224_uint8_image_is_under_50_kib(tmp_path):
 def test_cache_key_is_relative_to_the_manifest_folder(tmp_path):
     R.write_image(tmp_path / "a" / "img" / "x.png", 2)
     vision = VisionConfig(image_size=32, in_chans=1)
-    first = build_image_transform(vision, cache_dir=str(tmp_path / "c"), cache_root=str(tmp_path / "a"))
+    first = build_image_transform(vision, cache_dir=str(tmp_path / "c")).set_cache_root(tmp_path / "a")
     first.prepare(str(tmp_path / "a" / "img" / "x.png"))
     shutil.copytree(tmp_path / "a", tmp_path / "mnt" / "b", copy_function=shutil.copy2)  # another mount, same mtime
-    other = build_image_transform(vision, cache_dir=str(tmp_path / "c"), cache_root=str(tmp_path / "mnt" / "b"))
+    other = build_image_transform(vision, cache_dir=str(tmp_path / "c")).set_cache_root(tmp_path / "mnt" / "b")
     moved = str(tmp_path / "mnt" / "b" / "img" / "x.png")
     assert other.cache_path(moved) == first.cache_path(str(tmp_path / "a" / "img" / "x.png"))
     absolute = build_image_transform(vision, cache_dir=str(tmp_path / "c"))

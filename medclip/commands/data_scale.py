@@ -1,4 +1,5 @@
-"""``medclip data import|prepare``: public corpora as manifests; check + split (+ preprocess) once.
+"""``medclip data import|prepare|shard``: public corpora as manifests; check + split (+ preprocess) once;
+WebDataset tar shards for training at scale.
 
 (Registered under ``medclip data`` by :mod:`medclip.commands.data`.)
 """
@@ -9,7 +10,7 @@ import argparse
 import contextlib
 import os
 
-ACTIONS = ("import", "prepare")
+ACTIONS = ("import", "prepare", "shard")
 
 
 def add_parsers(sub) -> None:
@@ -31,6 +32,7 @@ def add_parsers(sub) -> None:
                      help="CheXpert-style -1 labels: keep -1 (evaluation applies labels.uncertain, default) "
                           "or apply ones/zeros/ignore now")
     _add_prepare(sub)
+    _add_shard(sub)
 
 
 def _add_prepare(sub) -> None:
@@ -50,6 +52,34 @@ def _add_prepare(sub) -> None:
     prep.add_argument("--resize", default="pad", choices=("pad", "crop"))
     prep.add_argument("--cache-dir", help="preprocessing cache (default: OUTPUT/cache)")
     prep.add_argument("--workers", type=int, help="processes per rank (default: all cores)")
+
+
+def _add_shard(sub) -> None:
+    shard = sub.add_parser("shard", help="write WebDataset tar shards (preprocessed uint8/uint16 images, text, "
+                                         "labels, ids) of a prepared manifest's split")
+    shard.add_argument("manifest", help="prepared folder (medclip data prepare) or a split manifest CSV")
+    shard.add_argument("--output", required=True, help="shard folder (000000.tar ... + shards.json)")
+    shard.add_argument("--image-size", type=int, required=True, help="the model's image size (e.g. 224)")
+    shard.add_argument("--in-chans", type=int, default=1, choices=(1, 3), help="the model's image channels")
+    shard.add_argument("--resize", default="pad", choices=("pad", "crop"))
+    shard.add_argument("--split", default="train", choices=("train", "val", "test", "all"))
+    shard.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
+    shard.add_argument("--seed", type=int, default=0, help="order of the samples across shards")
+    shard.add_argument("--cache-dir", help="reuse this preprocessing cache (e.g. the prepared folder's cache)")
+    shard.add_argument("--workers", type=int, help="processes writing shards (default: all cores)")
+
+
+def _shard(args) -> int:
+    from ..config import VisionConfig
+    from ..data.shards import write_shards
+
+    transform = {"vision_config": VisionConfig(image_size=args.image_size, in_chans=args.in_chans),
+                 "resize": args.resize, "cache_dir": args.cache_dir,
+                 "cache_root": args.manifest if os.path.isdir(args.manifest) else os.path.dirname(args.manifest)}
+    index = write_shards(args.manifest, args.output, transform, args.split, args.shard_size, args.seed, args.workers)
+    pattern = index["pattern"]
+    print(f"{index['samples']} samples in {len(index['shards'])} shards; train with data.shards: \"{pattern}\"")
+    return 0
 
 
 def _prepare(args) -> int:
@@ -88,8 +118,8 @@ def _process_group():
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.action == "prepare":
-        return _prepare(args)
+    if args.action in ("prepare", "shard"):
+        return _prepare(args) if args.action == "prepare" else _shard(args)
     from ..data.corpora import import_corpus
 
     _, line = import_corpus(args.name, args.root, args.output, args.frontal_only, reports=args.reports,

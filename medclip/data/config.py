@@ -74,6 +74,12 @@ class DataConfig:
         sections_missing: what to do with a report that has section headings but none of ``sections``
             (e.g. only ``History:`` / ``Follow-up:``): ``whole`` uses the whole report (counted in the
             summary), ``quarantine`` skips the row (MIMIC-style recipes).
+        shards: train from WebDataset tar shards (``medclip data shard``) instead of the manifest's rows,
+            e.g. ``"DIR/{000000..000377}.tar"``; local paths (``pipe:`` URLs only with ``allow_pipe``).
+            Validation still comes from ``manifest`` (best a prepared folder) when it exists.
+        shards_index: the shards' ``shards.json`` (default: beside the first shard).
+        allow_pipe: allow ``pipe:`` shard URLs (they run shell commands).
+        shuffle_buffer: samples each loader worker shuffles through when reading shards.
     """
 
     manifest: str = "demo_data/manifest.csv"
@@ -94,6 +100,10 @@ class DataConfig:
     max_pixels: int | None = None
     min_size: int | None = None
     sections_missing: str = "whole"
+    shards: str | None = None
+    shards_index: str | None = None
+    allow_pipe: bool = False
+    shuffle_buffer: int = 1000
 
     def __post_init__(self):
         if self.resize not in ("pad", "crop"):

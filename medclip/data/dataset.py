@@ -144,10 +144,10 @@ def build_dataloaders(data_config: DataConfig, model_config, tokenizer, seed: in
     vision = getattr(model_config, "vision", model_config)
     manifest = Path(data_config.manifest).resolve()
     kwargs = dict(resize=data_config.resize, cache_dir=data_config.cache_dir, window_index=data_config.window_index,
-                  frame=data_config.frame, limits=data_config.limits(),
-                  cache_root=str(manifest if manifest.is_dir() else manifest.parent))  # relative cache keys
-    eval_tf = build_image_transform(vision, train=False, **kwargs)
-    train_tf = build_image_transform(vision, train=True, augment=data_config.augment, **kwargs)
+                  frame=data_config.frame, limits=data_config.limits())
+    root = manifest if manifest.is_dir() else manifest.parent  # cache keys relative to the manifest's folder
+    eval_tf = build_image_transform(vision, train=False, **kwargs).set_cache_root(root)
+    train_tf = build_image_transform(vision, train=True, augment=data_config.augment, **kwargs).set_cache_root(root)
     good, _, _ = prepare_manifest(data_config, decode=eval_tf.prepare, seed=seed, out_dir=out_dir)
     labels = data_config.columns.labels
     loaders = {}

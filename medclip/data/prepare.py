@@ -70,7 +70,9 @@ def _check_slice(job: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     if job["transform"]:  # preprocess once: decoding fills the cache that training reads
         from .transforms import build_image_transform
 
-        decode = build_image_transform(train=False, **job["transform"]).prepare
+        options = dict(job["transform"])
+        root = options.pop("cache_root", None)
+        decode = build_image_transform(train=False, **options).set_cache_root(root).prepare
     df = canonical_rows(job["raw"], job["cols"], Path(job["root"]), first_line=job["first_line"])
     return check_manifest(df, job["sections"], decode=decode, verify_images=job["verify"], reports=job["reports"])
 

@@ -10,7 +10,7 @@ The chain has two halves:
 
 With ``cache_dir`` the deterministic half is stored as uint8/uint16 ``.npy`` files (quantised to the
 source's bit depth, also on the first pass; loaded with ``allow_pickle=False``) keyed by the file's path
-(relative to ``cache_root``, the manifest's folder, when given), size and mtime plus the transform
+(relative to the manifest's folder, see ``ImageTransform.set_cache_root``), size and mtime plus the transform
 config, so epoch 2+ (and every later run, from any mount point) never decodes a DICOM again — MONAI
 ``PersistentDataset``'s idea, without pickles.
 """
@@ -146,10 +146,10 @@ class ImageTransform:
     """
 
     def __init__(self, config: dict, deterministic: Compose, random: Compose | None, normalize: Compose,
-                 cache_dir: str | None = None, cache_root: str | None = None):
+                 cache_dir: str | None = None):
         self.config, self.deterministic, self.random, self.normalize = config, deterministic, random, normalize
         self.cache_dir = str(cache_dir) if cache_dir else None
-        self.cache_root = os.path.abspath(cache_root) if cache_root else None  # keys: paths relative to it
+        self.cache_root: str | None = None  # set_cache_root: keys use paths relative to it
         self._config_key = json.dumps(config, sort_keys=True)
         norm = normalize.transforms[0]  # NormalizeIntensityd: apply its channel-wise mean/std as one torch op
         self._mean = torch.tensor(norm.normalizer.subtrahend, dtype=torch.float32).view(-1, 1, 1)
@@ -158,6 +158,12 @@ class ImageTransform:
         for t in random.transforms if random is not None else ():
             if hasattr(t, "set_random_state"):
                 t.set_random_state(state=self._state)  # all augmentations share one generator, seeded per call
+
+    def set_cache_root(self, root: str | os.PathLike | None) -> ImageTransform:
+        """Key the cache by image paths relative to ``root`` (the manifest's folder), so the same files under
+        another mount point reuse it; returns ``self``."""
+        self.cache_root = os.path.abspath(root) if root else None
+        return self
 
     def cache_path(self, path: str) -> str | None:
         """Where the deterministic output of ``path`` is cached (None without a cache)."""
@@ -209,8 +215,12 @@ class ImageTransform:
         return None
 
     def __call__(self, path: str | os.PathLike) -> torch.Tensor:
+        return self.finish(self.prepare(path))
+
+    def finish(self, prepared: np.ndarray) -> torch.Tensor:
+        """Augmentation (train only) and normalisation of a prepared (C, H, W) [0, 1] image (e.g. from a shard)."""
         with _one_thread():  # per-image ops are tiny: intra-op threads only add sync cost (40x on a busy CPU)
-            data = {"image": torch.from_numpy(self.prepare(path))}
+            data = {"image": torch.from_numpy(prepared)}
             if self.random is not None:  # one draw from torch's RNG seeds this call's augmentation
                 self._state.seed(int(torch.randint(0, 2**32 - 1, (), dtype=torch.int64)))
                 data = self.random(data)
@@ -221,7 +231,7 @@ class ImageTransform:
 
 def build_image_transform(vision_config, train: bool = False, resize: str = "pad", augment: bool = True,
                           cache_dir: str | None = None, window_index: int = 0, frame: int = 0,
-                          limits: ImageLimits | None = None, cache_root: str | None = None) -> ImageTransform:
+                          limits: ImageLimits | None = None) -> ImageTransform:
     """Build the image pipeline for a model's vision tower.
 
     Args:
@@ -233,7 +243,6 @@ def build_image_transform(vision_config, train: bool = False, resize: str = "pad
         window_index: DICOM window to apply.
         frame: frame of multi-frame DICOMs.
         limits: pixel budget and minimum image side (default: environment or built-in defaults).
-        cache_root: cache keys use image paths relative to this folder (the manifest's), not absolute ones.
 
     Returns:
         An :class:`ImageTransform`: ``transform(path) -> FloatTensor (in_chans, image_size, image_size)``.
@@ -262,7 +271,7 @@ def build_image_transform(vision_config, train: bool = False, resize: str = "pad
     limits = limits or resolve_limits()
     config = {"size": size, "in_chans": chans, "resize": resize, "window_index": window_index, "frame": frame,
               "max_pixels": limits.max_pixels, "min_size": limits.min_size}
-    return ImageTransform(config, deterministic, random, normalize, cache_dir, cache_root)
+    return ImageTransform(config, deterministic, random, normalize, cache_dir)
 
 
 def _unwrap(exc: BaseException) -> MedclipError:

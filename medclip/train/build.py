@@ -111,6 +111,10 @@ def build_data(recipe, model_config, info: DistInfo, run_dir) -> tuple:
     from ..tokenizer import get_tokenizer
 
     cfg = recipe.train
+    if recipe.data.shards:  # WebDataset shards: medclip.data.source.ShardSource stands in for dataset + sampler
+        from ..data.source import shard_data
+
+        return shard_data(recipe, model_config, get_tokenizer(model_config), info.rank, info.world_size)
     loaders = build_dataloaders(recipe.data, model_config, get_tokenizer(model_config), seed=cfg.seed,
                                 out_dir=run_dir if info.is_main else None)
     if "train" not in loaders:
@@ -145,6 +149,8 @@ def train_loader(dataset, sampler: ShardedBatchSampler, recipe, epoch: int, star
     """A loader for one epoch from micro-batch ``start``; each sample's augmentation is seeded by (seed, epoch,
     index), so workers, ranks and a mid-epoch resume all see the same draws."""
     sampler.set_epoch(epoch, start)
+    if hasattr(dataset, "epoch_loader"):  # shards: the source plans its own per-rank, per-worker batches
+        return dataset.epoch_loader(epoch, start, pin_memory=device.type == "cuda")
     generator = torch.Generator().manual_seed(mixed_seed(recipe.train.seed, epoch))  # worker base seeds
     samples = SeededSamples(dataset, recipe.train.seed, epoch)
     return DataLoader(samples, batch_sampler=sampler, num_workers=recipe.data.num_workers, generator=generator,
