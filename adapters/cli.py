@@ -120,10 +120,19 @@ def method_hparams(args, method: str) -> dict:
 
 def run(args) -> int:
     """Run one method or the grid; prints AUROC with its 95% CI."""
+    from medclip.commands import checks
+
     from .cache import FeatureCache
     from .fewshot import RunOptions, load_table, run_fewshot, run_grid
 
     command = args.fewshot_command
+    for shots in _ints(args.shots, "--shots"):
+        checks.in_range("--shots", shots, 1)
+    for flag in ("epochs", "max_iters", "max_test", "n_bootstrap"):
+        checks.in_range(f"--{flag.replace('_', '-')}", getattr(args, flag, None), 1)
+    checks.device(args.device)
+    checks.output_folder("--output", args.output)  # before any image is encoded
+    checks.cache_folder(args.cache_dir or _default_cache_dir(), "image-feature")
     task, table = load_table(args.manifest, args.classes)
     test_table = load_table(args.test_manifest, args.classes)[1] if args.test_manifest else None
     model = load_model(args.model, args.device)

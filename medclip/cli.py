@@ -130,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     except (MedclipError, FileNotFoundError) as exc:
         print(f"medclip {name}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # permissions, a folder where a file was expected, ...: one line naming the path
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        print(f"medclip {name}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"medclip {name}: interrupted", file=sys.stderr)
         return 130

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig, from_dict, to_dict
+from .config import ModelConfig, check_weights_match, from_dict, to_dict
 from .errors import CheckpointError, require_file
 from .text import CLIPTextTransformer
 from .vision import VisionTower
@@ -127,7 +127,9 @@ class CLIP(nn.Module):
         text = model_dict.get("text") if isinstance(model_dict, dict) else None
         if isinstance(text, dict) and text.get("hf_model_dir") == TEXT_DIR:  # relative to this folder
             model_dict = {**model_dict, "text": {**text, "hf_model_dir": os.path.join(folder, TEXT_DIR)}}
-        model = cls(from_dict(ModelConfig, model_dict, "model"))
+        config = from_dict(ModelConfig, model_dict, "model")  # ranges + size estimate checked
+        check_weights_match(cls, config, os.path.join(folder, WEIGHTS_NAME))  # before any real allocation
+        model = cls(config)
         load_weights(model, os.path.join(folder, WEIGHTS_NAME), map_location)
         return model
 

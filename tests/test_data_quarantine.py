@@ -119,6 +119,8 @@ def test_bad_input(case, tmp_path, shared_data, monkeypatch):
         rows = [{**r, "split": s} for r, s in zip(rows, ["train", "train", "test"])]
     elif case == "missing label column":
         overrides["columns"] = {"labels": ["opacity"]}
+    if case == "report without wanted sections":
+        overrides["sections_missing"] = "quarantine"  # the default, "whole", keeps the row (tests/test_bad_inputs.py)
     cfg = from_dict(DataConfig, {"manifest": str(_write_manifest(tmp_path, rows)), **overrides})
     if kind == "error":
         with pytest.raises(DataError) as info:

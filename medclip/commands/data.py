@@ -25,6 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="column name mapping, e.g. --column image=path --column labels=a,b (repeatable)")
         p.add_argument("--sections", default="findings,impression",
                        help="report sections used as text, comma-separated; 'all' = whole report")
+    check.add_argument("--sections-missing", choices=("whole", "quarantine"), default="whole",
+                       help="a report with headings but none of --sections: use it whole (default, counted in "
+                            "the summary) or quarantine the row")
     from .data_scale import add_parsers
 
     add_parsers(sub)  # import (public corpora)
@@ -55,10 +58,13 @@ def _sections(text: str) -> list[str] | None:
 def _check(args) -> int:
     from ..data.manifest import check_manifest, load_manifest, phi_tag_counts, summarize, write_quarantine
     from ..data.splits import check_splits
+    from .checks import output_folder
 
     df = load_manifest(args.manifest, _columns(args.column))
-    good, quarantine = check_manifest(df, _sections(args.sections), verify_images=not args.no_decode, progress=True)
     out_dir = Path(args.output) if args.output else Path(args.manifest).resolve().parent
+    output_folder("--output" if args.output else "--output (default: the manifest's folder)", str(out_dir))
+    good, quarantine = check_manifest(df, _sections(args.sections), verify_images=not args.no_decode, progress=True,
+                                      sections_missing=args.sections_missing)
     path = write_quarantine(quarantine, out_dir)
     print(f"{args.manifest}: {len(df)} rows, {len(good)} ok, {len(quarantine)} quarantined")
     print(summarize(good, quarantine).to_string(index=False))
@@ -76,19 +82,22 @@ def _check(args) -> int:
 
 
 def _split(args) -> int:
-    import pandas as pd
 
-    from ..data.csvsafe import unescape_frame, write_csv
-    from ..data.manifest import load_manifest
+    from ..data.csvsafe import write_csv
+    from ..data.manifest import load_manifest, read_manifest_csv
     from ..data.splits import split_leak_free
+    from .checks import in_range, output_file
 
-    columns = _columns(args.column)
-    df = split_leak_free(load_manifest(args.manifest, columns), args.val, args.test, args.seed)
-    raw = unescape_frame(pd.read_csv(args.manifest, dtype=str, keep_default_na=False, encoding="utf-8"))
-    raw[columns.get("split", "split")] = df["split"].to_numpy()
+    in_range("--val", args.val, 0, 1, high_open=True)
+    in_range("--test", args.test, 0, 1, high_open=True)
+    in_range("--val + --test", args.val + args.test, 0, 1, high_open=True)
     src = Path(args.manifest)
     out = Path(args.output) if args.output else src.with_name(f"{src.stem}_split.csv")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    output_file("--output", str(out))
+    columns = _columns(args.column)
+    df = split_leak_free(load_manifest(args.manifest, columns), args.val, args.test, args.seed)
+    raw = read_manifest_csv(args.manifest)
+    raw[columns.get("split", "split")] = df["split"].to_numpy()
     if out.parent.resolve() != src.resolve().parent:  # keep relative paths pointing at the same files
         for key in ("image", "report_path"):
             name = columns.get(key, key)

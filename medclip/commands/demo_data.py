@@ -16,7 +16,11 @@ def run(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from ..data.demo import make_demo_corpus
+    from .checks import in_range, output_folder
 
+    in_range("--patients", args.patients, 1)
+    in_range("--image-size", args.image_size, 16)
+    output_folder("OUT_DIR", args.out_dir)
     path = make_demo_corpus(args.out_dir, n_patients=args.patients, seed=args.seed, image_size=args.image_size)
     df = pd.read_csv(path)
     counts = df.groupby("split").agg(images=("image", "size"), patients=("patient_id", "nunique"),

@@ -23,14 +23,18 @@ def run(args) -> int:
     import json
     import os
 
-    import torch
-
     from ..eval.retrieval import evaluate_retrieval
     from ..eval.zeroshot import json_safe
     from ..model import CLIP
     from ..version import __version__
+    from . import checks
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    checks.in_range("--batch-size", args.batch_size, 1)
+    checks.in_range("--workers", args.workers, 0)
+    for k in args.ks:
+        checks.in_range("--ks", k, 1)
+    device = checks.device(args.device)
+    checks.output_folder("--output", args.output)  # before any image is scored
     model = CLIP.from_pretrained(args.model).to(device)
     metrics, quarantine = evaluate_retrieval(model, args.manifest, args.split, args.sections or None, args.ks,
                                              args.batch_size, args.workers)

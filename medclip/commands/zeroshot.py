@@ -39,16 +39,24 @@ def run(args) -> int:
     import os
     import sys
 
-    import torch
-
     from ..eval.prompts import default_cache_dir, load_class_file
     from ..eval.zeroshot import run_zeroshot
     from ..model import CLIP
+    from . import checks
 
+    checks.in_range("--threshold", args.threshold, 0, 1, low_open=True, high_open=True)
+    checks.in_range("--bootstrap", args.bootstrap, 10)
+    checks.in_range("--batch-size", args.batch_size, 1)
+    checks.in_range("--workers", args.workers, 0)
+    checks.in_range("--val-fraction", args.val_fraction, 0, 1, low_open=True, high_open=True)
+    checks.in_range("--max-images", args.max_images, 1)
     classes = load_class_file(args.classes)  # validate before loading the model
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = CLIP.from_pretrained(args.model).to(device)
+    device = checks.device(args.device)
+    checks.output_folder("--output", args.output)  # before any image is scored
     cache = None if args.no_cache else (args.cache_dir or default_cache_dir())
+    if cache:
+        checks.cache_folder(cache, "prompt-embedding")
+    model = CLIP.from_pretrained(args.model).to(device)
     result = run_zeroshot(model, args.manifest, classes, args.output, calibrate_on=args.calibrate_on,
                           val_fraction=args.val_fraction, n_bootstrap=args.bootstrap, seed=args.seed,
                           threshold=args.threshold, bootstrap_unit=args.bootstrap_unit,

@@ -93,8 +93,8 @@ def prepare_manifest(data_config: DataConfig, decode=None, seed: int = 0,
         quarantine = pd.read_csv(prepared_dir(manifest) / QUARANTINE, dtype={"image": str}, keep_default_na=False)
         return good, quarantine, prepared_dir(manifest) / QUARANTINE
     df = load_manifest(manifest, data_config.columns)
-    good, quarantine = check_manifest(df, data_config.sections, decode=decode,
-                                      verify_images=data_config.verify_images)
+    good, quarantine = check_manifest(df, data_config.sections, decode=decode, verify_images=data_config.verify_images,
+                                      sections_missing=data_config.sections_missing)
     folder = Path(out_dir or data_config.quarantine_dir or manifest.parent)
     if not os.access(folder if folder.exists() else folder.parent, os.W_OK):
         folder = Path(tempfile.mkdtemp(prefix="medclip-quarantine-"))

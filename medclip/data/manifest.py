@@ -30,7 +30,7 @@ _SPLIT_ALIASES = {"training": "train", "valid": "val", "validation": "val", "dev
 QUARANTINE_COLUMNS = ["line", "image", "reason"]
 # columns load_manifest adds (an input manifest must not carry them), and with check_manifest's ``text``
 RESERVED_COLUMNS = ("line", "image_raw", "report_error")
-DERIVED_COLUMNS = (*RESERVED_COLUMNS, "text")
+DERIVED_COLUMNS = (*RESERVED_COLUMNS, "text", "whole_report")
 
 
 def load_manifest(path: str | os.PathLike, columns: ManifestColumns | dict | None = None,
@@ -50,7 +50,9 @@ def load_manifest(path: str | os.PathLike, columns: ManifestColumns | dict | Non
             the columns found and the config key to set).
     """
     raw, cols = read_manifest_table(path, columns, reports)
-    return canonical_rows(raw, cols, Path(path).resolve().parent)
+    df = canonical_rows(raw, cols, Path(path).resolve().parent)
+    df["line"] = _row_lines(path, len(df))
+    return df
 
 
 def read_manifest_table(path: str | os.PathLike, columns: ManifestColumns | dict | None = None,
@@ -59,11 +61,7 @@ def read_manifest_table(path: str | os.PathLike, columns: ManifestColumns | dict
     from ..config import from_dict
 
     cols = columns if isinstance(columns, ManifestColumns) else from_dict(ManifestColumns, columns, "data.columns")
-    require_file(path, "manifest")
-    try:
-        raw = unescape_frame(pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8"))
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: not a readable UTF-8 CSV manifest ({str(exc).splitlines()[0]})") from None
+    raw = read_manifest_csv(path)
     found = ", ".join(raw.columns) or "none"
     if cols.image not in raw.columns:
         raise DataError(f"{path}: no image column '{cols.image}' (columns: {found}); "
@@ -81,6 +79,48 @@ def read_manifest_table(path: str | os.PathLike, columns: ManifestColumns | dict
                         f"(row number, raw path, report error); rename them in the CSV")
     return raw, cols
 
+
+def read_manifest_csv(path: str | os.PathLike) -> pd.DataFrame:
+    """A manifest CSV as strings (``""`` for empty cells, spreadsheet escapes removed), checked for the
+    mistakes that would otherwise be a traceback or an empty run: a folder, an empty or header-only
+    file, another delimiter, another encoding.
+
+    Raises:
+        DataError: one line naming the file and the fix.
+    """
+    require_file(path, "manifest")
+    if os.path.isdir(path):
+        raise DataError(f"{path} is a folder; this command needs a manifest CSV (a folder with one subfolder per "
+                        "class works for zeroshot and the few-shot commands)")
+    try:
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: empty manifest (no header, no rows)") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
+        raise DataError(f"{path}: not a readable UTF-8 CSV manifest ({str(exc).splitlines()[0]})") from None
+    if len(raw.columns) == 1:
+        for sep, name in ((";", "semicolon"), ("\t", "tab"), ("|", "pipe")):
+            if sep in str(raw.columns[0]):
+                raise DataError(f"{path}: the header is {name}-separated ('{sep}'); medclip reads comma-separated "
+                                "CSV: save the file with ',' as the delimiter")
+    if raw.empty:
+        raise DataError(f"{path}: the manifest has a header but no rows")
+    return unescape_frame(raw)
+
+
+def _row_lines(path, n_rows: int) -> list[int]:
+    """The file line on which each data row starts (quoted multi-line reports span several lines)."""
+    import csv
+
+    starts, previous = [], 0
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        for row in reader:
+            if any(cell.strip() for cell in row):  # pandas skips blank lines as well
+                starts.append(previous + 1)
+            previous = reader.line_num
+    starts = starts[1:]  # the header
+    return starts if len(starts) == n_rows else list(range(2, n_rows + 2))
 
 def splits_manifest(df: pd.DataFrame) -> pd.DataFrame:
     """A loaded (and split) manifest as a CSV-ready manifest again: canonical column names, absolute image
@@ -136,7 +176,8 @@ def _read_reports(reports: list[str], paths: list[str], base: str) -> tuple[list
 
 def check_manifest(df: pd.DataFrame, sections: list[str] | None = ("findings", "impression"),
                    decode: Callable[[str], object] | None = None, verify_images: bool = True,
-                   progress: bool = False, reports: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+                   progress: bool = False, reports: bool = True,
+                   sections_missing: str = "whole") -> tuple[pd.DataFrame, pd.DataFrame]:
     """Validate every row; return ``(good_df, quarantine_df)``.
 
     Good rows get a ``text`` column: the report sections that feed the text tower. Quarantine reasons
@@ -151,12 +192,15 @@ def check_manifest(df: pd.DataFrame, sections: list[str] | None = ("findings", "
         verify_images: decode every image (otherwise only existence and size are checked).
         progress: show a tqdm progress bar.
         reports: False for an evaluation manifest: only images are checked (never "empty report").
+        sections_missing: a report with headings but none of ``sections`` (``History:``/``Follow-up:``
+            only): ``whole`` uses the whole report (good rows get ``whole_report`` True, counted by
+            :func:`summarize`), ``quarantine`` quarantines the row.
     """
     from tqdm.auto import tqdm
 
     if decode is None:
         from .transforms import load_image as decode
-    reasons, texts = _check_reports(df, sections, reports)
+    reasons, texts, whole = _check_reports(df, sections, reports, sections_missing)
     image_errors = {}
     images = df["image"].to_dict()
     paths = sorted({images[i] for i in texts})
@@ -167,16 +211,18 @@ def check_manifest(df: pd.DataFrame, sections: list[str] | None = ("findings", "
             reasons[i] = image_errors[images[i]]
     good = df.loc[[i for i in df.index if i not in reasons]].copy()
     good["text"] = [texts[i] for i in good.index]
+    good["whole_report"] = [i in whole for i in good.index]
     lines, raw = df["line"].to_dict(), df["image_raw"].to_dict()
     quarantine = pd.DataFrame([(int(lines[i]), raw[i], reasons[i]) for i in sorted(reasons)],
                               columns=QUARANTINE_COLUMNS)
     return good.reset_index(drop=True), quarantine
 
 
-def _check_reports(df: pd.DataFrame, sections, reports: bool) -> tuple[dict[int, str], dict[int, str]]:
-    """Per-row quarantine reasons from the reports (and duplicates), and the text of the rows still good."""
+def _check_reports(df: pd.DataFrame, sections, reports: bool, sections_missing: str = "whole"):
+    """Per-row quarantine reasons from the reports (and duplicates), the text of the rows still good, and
+    the rows whose whole report is used (headings, but none of ``sections``)."""
     reasons: dict[int, str] = {}
-    texts = {}
+    texts, whole = {}, set()
     first_seen: dict = {}
     extracted: dict[str, str] = {}  # one extraction per distinct report (MIMIC: ~1.65 images per report)
     for i, line, image, report, error in zip(df.index, df["line"], df["image"], df["report"], df["report_error"]):
@@ -186,6 +232,9 @@ def _check_reports(df: pd.DataFrame, sections, reports: bool) -> tuple[dict[int,
         if report not in extracted:
             extracted[report] = extract_sections(report, sections) if reports else ""
         text = extracted[report]
+        if reports and not text and sections_missing == "whole" and normalize_whitespace(report):
+            text = normalize_whitespace(report)
+            whole.add(i)
         if not reports and image and image not in first_seen:
             first_seen[image] = int(line)
             texts[i] = ""
@@ -202,7 +251,7 @@ def _check_reports(df: pd.DataFrame, sections, reports: bool) -> tuple[dict[int,
         else:
             first_seen[(image, text)] = int(line)
             texts[i] = text
-    return reasons, texts
+    return reasons, texts, whole
 
 
 def _image_problem(path: str, decode: Callable | None) -> str:
@@ -251,7 +300,10 @@ def write_quarantine(quarantine: pd.DataFrame, out_dir: str | os.PathLike) -> Pa
 def summarize(good: pd.DataFrame, quarantine: pd.DataFrame) -> pd.DataFrame:
     """Summary table: rows ok, then rows quarantined per reason (durations/line numbers folded together)."""
     kinds = Counter(_reason_kind(r) for r in quarantine["reason"])
-    rows = [("ok", len(good))] + sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0]))
+    rows = [("ok", len(good))]
+    if "whole_report" in good.columns and good["whole_report"].any():
+        rows.append(("  of which whole report used (none of the sections)", int(good["whole_report"].sum())))
+    rows += sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0]))
     return pd.DataFrame(rows, columns=["status", "rows"])
 
 

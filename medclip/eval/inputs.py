@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from ..defaults import EVAL_BATCH_SIZE
-from ..errors import DataError, require_file
+from ..errors import DataError
 from .prompts import ClassFile
 from .task import SINGLE, Task
 
@@ -62,14 +62,9 @@ def _folder_matches(cf: ClassFile, name: str, folder: str, filename: str) -> boo
 
 def manifest_frame(path: str | os.PathLike) -> pd.DataFrame:
     """A manifest CSV read as strings (empty cells stay ``""``)."""
-    require_file(path, "manifest")
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
-        raise DataError(f"{path}: not a readable UTF-8 CSV manifest ({str(exc).splitlines()[0]})") from None
-    from ..data.csvsafe import unescape_frame
+    from ..data.manifest import read_manifest_csv
 
-    return unescape_frame(frame)
+    return read_manifest_csv(path)
 
 
 def manifest_table(path: str | os.PathLike, cf: ClassFile, image_column: str = "image") -> pd.DataFrame:
