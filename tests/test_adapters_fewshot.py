@@ -66,6 +66,7 @@ def test_split_csv_round_trip(kermany, tmp_path):
     assert again.set_index("image")["fewshot_split"].equals(split.set_index("image")["fewshot_split"])
 
 
+@pytest.mark.slow
 def test_coop_command_end_to_end_and_repeats_from_its_split_csv(shared_data, tmp_path, capsys):
     args = ["--model", "tiny-vit", "--manifest", str(shared_data / "pneumonia-kermany"), "--classes", CLASSES_3,
             "--shots", "2", "--seed", "1", "--epochs", "2", "--n-ctx", "4", "--max-test", "24", "--n-bootstrap", "50",
@@ -85,6 +86,7 @@ def test_coop_command_end_to_end_and_repeats_from_its_split_csv(shared_data, tmp
     pd.testing.assert_frame_equal(first, second)
 
 
+@pytest.mark.slow
 def test_fewshot_grid_writes_results_summary_and_curve(shared_data, tmp_path):
     out = tmp_path / "grid"
     code = main(["fewshot", "--model", "tiny-vit", "--manifest", str(shared_data / "pneumonia-kermany"),

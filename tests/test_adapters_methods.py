@@ -54,6 +54,7 @@ LEARNERS = {
 
 @pytest.mark.parametrize("kind", ["single", "multi"])
 @pytest.mark.parametrize("name", sorted(LEARNERS))
+@pytest.mark.slow
 def test_trained_method_beats_its_untrained_start(name, kind, tiny_model):
     """Untrained start: uniform probabilities for the probe, the zero-shot classifier for the others
     (LoRA's B=0 init and Tip's alpha=0 are exactly zero-shot)."""

@@ -70,6 +70,7 @@ def test_threshold_maximises_validation_accuracy():
     assert choose_threshold(multi, np.stack([p1, p1], 1), np.stack([y, y], 1).astype(float)) == 0.3
 
 
+@pytest.mark.slow
 def test_clip_adapter_ratio_is_chosen_on_validation(tiny_model):
     cache = ma.FeatureCache()
     task, f = zero_shot_friendly(tiny_model, cache, {"train": 8, "val": 8, "test": 8}, flip_train=False, seed=2)
@@ -85,6 +86,7 @@ def test_clip_adapter_ratio_is_chosen_on_validation(tiny_model):
     assert float(few.module.adapter.ratio) == pytest.approx(0.2)  # saved with the weights
 
 
+@pytest.mark.slow
 def test_test_manifest_is_the_whole_test_set(shared_data, tmp_path, capsys):
     from medclip.cli import main
 

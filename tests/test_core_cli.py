@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from medclip.cli import COMMANDS, main
 
 
@@ -22,6 +24,7 @@ def test_info_lists_and_describes_models(capsys):
     assert "parameters: total 102,007,137" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_unknown_model_is_one_line_error():
     proc = subprocess.run([sys.executable, "-m", "medclip", "info", "ViT-Q-99"], capture_output=True, text=True)
     assert proc.returncode == 2

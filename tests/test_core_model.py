@@ -23,6 +23,7 @@ REPORTS = [
 
 
 @pytest.mark.parametrize("name", ["RN50", "RN101", "ViT-B-32", "ViT-B-16", "ViT-L-14"])
+@pytest.mark.slow
 def test_parameter_counts_match_open_clip(name):
     ours = medclip.create_model(name, device="meta")
     ref = open_clip.create_model(name, device="meta")
@@ -51,6 +52,7 @@ def test_temperature_init_and_clamp():
 
 
 @pytest.mark.parametrize("name", ["tiny-vit", "tiny-rn"])
+@pytest.mark.slow
 def test_tiny_model_forward_backward(name, tokenizer):
     torch.manual_seed(0)
     model = medclip.create_model(name)
@@ -100,6 +102,7 @@ def test_forward_embeds_equals_ids(tiny_model, tokenizer):
     assert torch.allclose(via_embeds, via_ids, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_save_load_round_trip(tmp_path, tiny_model, tokenizer):
     tiny_model.save_pretrained(tmp_path / "m")
     loaded = medclip.from_pretrained(str(tmp_path / "m")).eval()
@@ -113,6 +116,7 @@ def test_save_load_round_trip(tmp_path, tiny_model, tokenizer):
     assert torch.equal(a["text_features"], b["text_features"])
 
 
+@pytest.mark.slow
 def test_corrupt_and_mismatched_weights_give_clear_errors(tmp_path, tiny_model):
     folder = tmp_path / "m"
     tiny_model.save_pretrained(folder)

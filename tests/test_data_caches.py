@@ -69,6 +69,7 @@ def test_tampered_prompt_cache_is_recomputed(tiny_model, tokenizer, tmp_path, ca
     torch.testing.assert_close(cached_text_embeddings(tiny_model, tokenizer, texts, str(tmp_path)), first)
 
 
+@pytest.mark.slow
 def test_corrupt_feature_shard_is_skipped_and_reencoded(tiny_model, tmp_path, caplog):
     import medclip_adapters as ma
 

@@ -98,6 +98,7 @@ def test_padchest_reports_label_lists_and_16_bit(corpora, tmp_path, capsys):
     assert set(front["view"]) == {"PA", "AP", "AP_horizontal"}
 
 
+@pytest.mark.slow
 def test_iu_xray_each_report_its_own_patient(corpora, tmp_path, capsys):
     out = tmp_path / "iu.csv"
     assert main(["data", "import", "iu-xray", str(corpora["iu-png"]), "--reports", str(corpora["iu-reports"]),
@@ -135,6 +136,7 @@ def test_unreadable_label_is_one_line_error(corpora, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("name", ["mimic-cxr-jpg", "padchest", "iu-xray"])
+@pytest.mark.slow
 def test_training_manifests_train_one_step(corpora, tmp_path, capsys, name):
     from medclip.train.config import recipe_from_dict
     from medclip.train.loop import train
@@ -165,6 +167,7 @@ def saved_tiny(tmp_path_factory):
 
 @pytest.mark.parametrize("name,classes,split", [("chexpert", "chexpert-5.yaml", "val"),
                                                 ("chestxray14", "chestxray14.yaml", "test")])
+@pytest.mark.slow
 def test_evaluation_manifests_run_zeroshot_and_probe(corpora, saved_tiny, tmp_path, capsys, name, classes, split):
     manifest = tmp_path / "eval.csv"
     assert main(["data", "import", name, str(corpora[name]), "--output", str(manifest)]) == 0

@@ -33,6 +33,7 @@ def test_monochrome1_chest_lungs_dark_spine_bright(rg1, dicom_dir):
     assert spine > right_lung + 0.15 and spine > left_lung + 0.15  # inverted correctly: air dark, bone bright
 
 
+@pytest.mark.slow
 def test_jpeg2000_equals_uncompressed(rg1, dicom_dir):
     j2k = load_image(dicom_dir / "RG1_J2KR.dcm")
     np.testing.assert_array_equal(j2k, rg1)

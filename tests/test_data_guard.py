@@ -80,6 +80,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_bombs_peak_memory_stays_under_budget(tmp_path):
     """In a fresh process, refusing all four bombs grows the peak RSS by less than the budget as float32."""
     paths = [crafted.j2k_bomb_dicom(tmp_path / "a.dcm"), crafted.rle_header_bomb(tmp_path / "b.dcm"),

@@ -66,6 +66,7 @@ def test_leak_groups_connect_patient_or_image():
     assert len({groups[0], groups[1], groups[3], groups[4]}) == 4  # no patient id -> own group
 
 
+@pytest.mark.slow
 def test_covid_dataloader_yields_dict_batches(shared_data, tmp_path, caplog):
     cfg = from_dict(DataConfig, {"manifest": str(shared_data / "covid-cxr-notes" / "manifest.csv"),
                                  "sections": None, "eval_batch_size": 8, "cache_dir": str(tmp_path / "cache")})
@@ -106,6 +107,7 @@ def test_report_sections():
     assert extract_sections("FINDINGS: clear lungs", ["impression"]) == ""
 
 
+@pytest.mark.slow
 def test_read_iu_xray(shared_data):
     df = read_iu_xray(shared_data / "reports" / "iu-xray-reports.tgz")
     assert len(df) == 3955 and df["uid"].iloc[0] == "CXR1"
@@ -150,6 +152,7 @@ def test_demo_corpus_deterministic_and_heldout(demo, tmp_path):
     assert len(quarantine) == 0 and len(good) == len(df)
 
 
+@pytest.mark.slow
 def test_demo_findings_visible_to_a_linear_probe(demo):
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score

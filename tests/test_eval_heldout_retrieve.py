@@ -40,6 +40,7 @@ def test_heldout_prompt_must_use_training_words_only(tiny_model, demo_manifest):
         heldout_demo_report(tiny_model, demo_manifest, prompts=["apical opacity on the left"], n_bootstrap=10)
 
 
+@pytest.mark.slow
 def test_pretrain_report_only_for_demo_recipes(tiny_model, demo_manifest, tmp_path, caplog):
     from types import SimpleNamespace
 
@@ -75,9 +76,14 @@ def test_cli_retrieve_on_real_covid_notes(tiny_model, shared_data, tmp_path, cap
     assert m["n_distinct_texts"] == df.head(24)["report"].map(lambda t: " ".join(t.split())).nunique()
     assert 0 <= m["i2t_R@1"] <= m["i2t_R@5"] <= m["i2t_R@10"] <= 1 and m["i2t_median_rank"] >= 1
     assert np.isfinite(m["alignment"]) and m["uniformity_text"] <= 0
-    assert "image->text" in capsys.readouterr().out
+    out_text = capsys.readouterr().out
+    assert "image->text" in out_text and f"wrote {out}/retrieval.json" in out_text
+    assert main(["retrieve", "--model", str(tmp_path / "model"), "--manifest", str(tmp_path / "m.csv"), "--sections",
+                 "--ks", "1"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith("nothing saved (give --output DIR")
 
 
+@pytest.mark.slow
 def test_demo_findings_class_file_on_test_split_with_calibration(tiny_model, demo_manifest):
     import os
 

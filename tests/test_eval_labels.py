@@ -55,6 +55,7 @@ def write(tmp_path, images, **columns) -> str:
     return str(path)
 
 
+@pytest.mark.slow
 def test_codes_with_a_class_name_file_stop_with_the_column_and_values(saved_model, images, tmp_path, capsys):
     """Was: "0 evaluated", exit 0."""
     manifest = write(tmp_path, images, label=[0, 1] * 4)
@@ -112,6 +113,7 @@ def test_a_condition_without_a_column_is_an_error_not_a_smaller_macro():
     assert np.isnan(unlabelled["label/edema"]).all() and np.isnan(unlabelled["label/effusion"]).all()
 
 
+@pytest.mark.slow
 def test_an_undefined_auroc_is_named_and_the_macro_says_over_how_many(saved_model, images, tmp_path, capsys):
     classes = tmp_path / "multi.yaml"
     classes.write_text("task: multi\nclasses:\n  effusion: [pleural effusion]\n  edema: [pulmonary edema]\n")

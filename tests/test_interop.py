@@ -39,6 +39,7 @@ def _randomise_batchnorm(model: torch.nn.Module) -> None:
 
 
 @pytest.mark.parametrize("act", ["quick_gelu", "gelu"])
+@pytest.mark.slow
 def test_hf_clip_parity(tmp_path, act):
     from transformers import CLIPConfig, CLIPModel
 
@@ -83,6 +84,7 @@ def _open_clip_model(vision_cfg: dict, quick_gelu: bool):
     (dict(layers=2, width=128, patch_size=8, image_size=32), "tiny-ViT-quickgelu"),
     (dict(layers=[3, 4, 6, 3], width=16, image_size=64), "RN50-narrow"),
 ])
+@pytest.mark.slow
 def test_open_clip_parity(tmp_path, vision_cfg, model_name):
     reference = _open_clip_model(vision_cfg, quick_gelu="quickgelu" in model_name)
     path = tmp_path / "open_clip.pt"
@@ -148,6 +150,7 @@ def test_loader_errors_are_one_line(tmp_path, capsys):
 
 @pytest.mark.parametrize("vision_cfg", [dict(layers=1, width=64, patch_size=16, image_size=32),
                                         dict(layers=[3, 4, 6, 3], width=16, image_size=64)])
+@pytest.mark.slow
 def test_openai_clip_trunk_key_map(tmp_path, vision_cfg):
     """vision.trunk_key_map=openai_clip loads just the image trunk of a CLIP checkpoint."""
     reference = _open_clip_model(vision_cfg, quick_gelu=False)

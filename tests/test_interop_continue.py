@@ -38,6 +38,7 @@ def converted(tmp_path_factory) -> Path:
     return tmp / "model"
 
 
+@pytest.mark.slow
 def test_recipe_continues_from_converted_model(converted, demo_corpus, tmp_path):
     from medclip.train.loop import train
 

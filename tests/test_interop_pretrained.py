@@ -31,6 +31,7 @@ def minilm_clip():
                                 text={"hf_model_dir": MINILM, "pooling": "mean", "context_length": 64}).eval()
 
 
+@pytest.mark.slow
 def test_minilm_tower_equals_automodel_mean_pooling(minilm_clip):
     from transformers import AutoModel
 
@@ -52,6 +53,7 @@ def test_minilm_tower_equals_automodel_mean_pooling(minilm_clip):
         assert torch.allclose(minilm_clip.encode_text_embeds(embeds, ids != 0, normalize=False), got, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_minilm_tower_trains_with_checkpointing(minilm_clip):
     import copy
 
@@ -64,6 +66,7 @@ def test_minilm_tower_trains_with_checkpointing(minilm_clip):
     assert grad is not None and grad.abs().sum() > 0
 
 
+@pytest.mark.slow
 def test_hf_text_tower_save_and_reload(tmp_path):
     from transformers import BertConfig, BertModel
 
@@ -110,6 +113,7 @@ def _explicit_lite0_names() -> dict:
     return rename
 
 
+@pytest.mark.slow
 def test_efficientnet_lite0_key_map_matches_explicit_mapping():
     rename = _explicit_lite0_names()
     source = torch.load(resolve_path(LITE0), map_location="cpu", weights_only=True)
@@ -129,6 +133,7 @@ def test_efficientnet_lite0_key_map_matches_explicit_mapping():
     assert set(report.skipped) == {"_fc.weight", "_fc.bias"} | {k for k in source if k.endswith("num_batches_tracked")}
 
 
+@pytest.mark.slow
 def test_efficientnet_lite0_one_channel_stem_and_imagenet_sanity():
     import timm
     from PIL import Image
@@ -146,6 +151,7 @@ def test_efficientnet_lite0_one_channel_stem_and_imagenet_sanity():
         assert int(classifier(x.unsqueeze(0)).argmax()) == 985
 
 
+@pytest.mark.slow
 def test_trunk_weight_errors(tmp_path):
     with pytest.raises(MissingFileError, match="missing.safetensors"):
         medclip.create_model("tiny-vit", vision={"trunk_weights": str(tmp_path / "missing.safetensors")})
@@ -160,6 +166,7 @@ def test_trunk_weight_errors(tmp_path):
         medclip.create_model("tiny-vit", vision={"trunk_weights": str(tmp_path / "junk.pth")})
 
 
+@pytest.mark.slow
 def test_trunk_weights_safetensors_with_timm_names(tmp_path):
     from safetensors.torch import save_file
 

@@ -87,6 +87,7 @@ def _compare(ours, reference, image, ids_ours, ids_ref=None):
         torch.testing.assert_close(logit, ref_logit, rtol=0, atol=TOL * 150)
 
 
+@pytest.mark.slow
 def test_bare_state_dict_needs_a_model_name(tmp_path, capsys):
     reference, _ = _open_clip_vit(quick_gelu=True, narrow_heads=False)  # a bare file says no head width
     torch.save(reference.state_dict(), tmp_path / "chexzero.pt")
@@ -105,6 +106,7 @@ def test_bare_state_dict_needs_a_model_name(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("weights", ["safetensors", "bin"])
+@pytest.mark.slow
 def test_open_clip_hub_folder_matches_open_clip(tmp_path, weights):
     import open_clip
 
@@ -156,6 +158,7 @@ def _biomedclip_replica(tmp_path):
     return hub, bert, cfg
 
 
+@pytest.mark.slow
 def test_biomedclip_layout_converts_exactly_and_is_self_contained(tmp_path, capsys):
     import open_clip
 

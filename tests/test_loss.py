@@ -27,6 +27,7 @@ def _loss_and_grads(fn, img, txt, scale, **kw):
 
 
 @pytest.mark.parametrize("n,block", [(1, None), (7, 3), (64, None), (203, 16), (203, 203)])
+@pytest.mark.slow
 def test_tiled_equals_dense_values_and_grads(n, block):
     img, txt, scale = _features(n, 24)
     dense = _loss_and_grads(clip_loss, img, txt, scale)
@@ -35,6 +36,7 @@ def test_tiled_equals_dense_values_and_grads(n, block):
         torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_tiled_matches_open_clip_cliploss_fp32():
     from open_clip.loss import ClipLoss
 
@@ -121,6 +123,7 @@ def test_siglip_needs_a_bias_and_runs_without_grad():
     assert torch.isclose(value, siglip_loss(img, txt, scale, bias).detach())
 
 
+@pytest.mark.slow
 def test_registry_names_and_model_output_call():
     import medclip
     from medclip.train.config import recipe_from_dict

@@ -41,6 +41,7 @@ def model_dir(request, tmp_path_factory):
     return str(folder)
 
 
+@pytest.mark.slow
 def test_notebook_runs_headless_and_writes_figures(kernel_name, model_dir, shared_data, tmp_path, monkeypatch):
     import nbformat
     from nbclient import NotebookClient

@@ -36,6 +36,7 @@ def _grads(model, ids, reference: bool):
 
 
 @pytest.mark.parametrize("checkpointing", [False, True])
+@pytest.mark.slow
 def test_fast_text_path_equals_plain_path_with_gradients(tiny_model, tokenizer, checkpointing):
     ids = tokenizer(REPORTS)
     fast = copy.deepcopy(tiny_model).train()
@@ -86,6 +87,7 @@ def test_packing_round_trip_and_positions():
     assert attention_out.grad.transpose(1, 2).reshape(15, 4)[packing.pad].abs().sum() == 0
 
 
+@pytest.mark.slow
 def test_training_step_uses_packed_text_path(tiny_model, tokenizer, monkeypatch):
     from types import SimpleNamespace
 

@@ -26,6 +26,7 @@ def test_the_issue_recipes_are_shipped():
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
+@pytest.mark.slow
 def test_recipe_loads_and_builds(path, monkeypatch):
     monkeypatch.chdir(REPO)  # recipe paths are relative to the repository root
     recipe = load_recipe(path)

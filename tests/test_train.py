@@ -107,6 +107,7 @@ def test_precision_choice(monkeypatch, caplog):
 
 
 @pytest.mark.parametrize("loss", ["dense", "tiled"])
+@pytest.mark.slow
 def test_gradcache_equals_one_big_batch(tiny_model, loss):
     model = copy.deepcopy(tiny_model).train()
     batch = _batch(8)
@@ -127,6 +128,7 @@ def test_chance_recall_counts_duplicates():
     assert chance_recall(["a", "b"], 10) == pytest.approx(1.0)
 
 
+@pytest.mark.slow
 def test_demo_run_outputs(demo_run):
     """The shared demo run wrote a loadable model, logs, a loss curve and checkpoints with the recipe."""
     model = medclip.from_pretrained(str(demo_run / "model"))

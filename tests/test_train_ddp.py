@@ -16,6 +16,8 @@ HERE = Path(__file__).resolve().parent
 
 
 @pytest.mark.slow  # ~50 s on 2 cores: 8 torchrun steps
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # two training processes; minutes on a busy 2-core machine
 def test_two_process_gloo_equals_one_process_double_batch(tmp_path):
     sys.path.insert(0, str(HERE))
     from train_ddp_worker import step_grads

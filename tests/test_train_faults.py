@@ -87,6 +87,7 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous(run_copy, demo_cor
     assert f"checkpoint {newest} is unusable" in caplog.text
 
 
+@pytest.mark.slow
 def test_resume_after_a_truncated_checkpoint_continues_from_the_good_one(run_copy, demo_corpus, caplog):
     caplog.set_level(logging.INFO, logger="medclip")
     _truncate(list_checkpoints(run_copy)[-1] / "model" / "model.safetensors")
@@ -150,6 +151,7 @@ def test_nan_weights_on_a_checkpoint_step_save_nothing_broken(demo_corpus, tmp_p
     assert all(torch.isfinite(t).all() for t in weights.values())
 
 
+@pytest.mark.slow
 def test_used_folder_needs_resume_or_overwrite(run_copy, demo_corpus):
     with pytest.raises(RunFolderError, match="already holds a run.*--resume.*--overwrite"):
         train(_recipe(demo_corpus), str(run_copy))
@@ -208,6 +210,7 @@ def test_saved_weights_follow_the_umask(short_run):
     assert (short_run / "metrics.csv").stat().st_mode & 0o777 == 0o666 & ~mask
 
 
+@pytest.mark.slow
 def test_a_budget_stop_says_so_and_gives_the_resume_command(demo_corpus, tmp_path, capsys):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump(demo_recipe_dict(demo_corpus, **SPEC)))

@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from conftest import demo_recipe_dict
@@ -44,6 +45,8 @@ def _rows(run: Path) -> list[list[str]]:
         return list(csv.reader(f))
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # two training processes; minutes on a busy 2-core machine
 def test_kill_and_resume_is_bit_identical(demo_corpus, tmp_path):
     recipe = tmp_path / "recipe.yaml"
     spec = demo_recipe_dict(demo_corpus, epochs=EPOCHS, checkpoint_every=4, keep_last_k=2, log_every=1, eval_every=2,

@@ -21,6 +21,7 @@ def _lrs(run_dir) -> dict[int, float]:
         return {int(r["step"]): float(r["lr"]) for r in csv.DictReader(f) if r["lr"]}
 
 
+@pytest.mark.slow
 def test_warmup_in_pairs_becomes_steps_of_the_global_batch(demo_corpus, tmp_path, caplog):
     caplog.set_level(logging.WARNING, logger="medclip")
     spec = demo_recipe_dict(demo_corpus, epochs=2, warmup=0, warmup_samples=24, log_every=1, eval_every=0, lr=1e-3)

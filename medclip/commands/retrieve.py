@@ -58,4 +58,6 @@ def run(args) -> int:
 
             write_csv(quarantine, os.path.join(args.output, "quarantine.csv"))
         print(f"wrote {args.output}/retrieval.json")
+    else:
+        print("nothing saved (give --output DIR for retrieval.json)")
     return 0

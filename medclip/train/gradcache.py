@@ -41,7 +41,7 @@ class RngState:
 
 
 def gradcache_backward(model, images: torch.Tensor, texts: torch.Tensor, chunk: int, loss_fn, autocast,
-                       scaler, loss_divisor: float = 1.0, sync: bool = True) -> torch.Tensor:
+                       backward, sync: bool = True) -> torch.Tensor:
     """Accumulate into ``.grad`` the gradients of ``loss_fn`` over the whole batch, chunk by chunk.
 
     Args:
@@ -51,8 +51,8 @@ def gradcache_backward(model, images: torch.Tensor, texts: torch.Tensor, chunk: 
         chunk: samples per forward pass.
         loss_fn: called with the model's output dict (``loss_fn(**out)``) over the whole batch.
         autocast: zero-argument callable returning the autocast context of the run's precision.
-        scaler: the GradScaler (disabled outside fp16).
-        loss_divisor: the loss is divided by this before backward (gradient accumulation).
+        backward: called with the whole-batch loss to back-propagate it (the run's GradScaler scaling and
+            accumulation divisor: ``scaler.scale(loss / accumulation).backward()``).
         sync: let DDP all-reduce during the last chunk's backward (False inside accumulation).
 
     Returns:
@@ -73,7 +73,7 @@ def gradcache_backward(model, images: torch.Tensor, texts: torch.Tensor, chunk: 
     scalars = {k: v.detach().float().requires_grad_() for k, v in out.items() if v.ndim == 0}
     all_image, all_text = gather_features(image_features, text_features)
     loss = loss_fn(image_features=all_image, text_features=all_text, **scalars)
-    scaler.scale(loss / loss_divisor).backward()  # only to features and temperature: no tower graph exists
+    backward(loss)  # only to features and temperature: no tower graph exists
     for k, (s, state) in enumerate(zip(starts, states)):
         last = k == len(starts) - 1
         with no_sync(model, sync and last), state.replay():

@@ -45,8 +45,10 @@ def forward_backward(model, batch: dict, cfg, device, precision: str, scaler, lo
     loss_fn = get_loss(cfg.loss)
     if cfg.gradcache_chunk:
         autocast = partial(autocast_context, device, precision)
-        return float(gradcache_backward(model, images, texts, cfg.gradcache_chunk, loss_fn, autocast, scaler,
-                                        loss_divisor, sync))
+        def backward(loss):
+            scaler.scale(loss / loss_divisor).backward()
+
+        return float(gradcache_backward(model, images, texts, cfg.gradcache_chunk, loss_fn, autocast, backward, sync))
     with no_sync(model, sync):
         # ---- mixed precision: forward and loss under autocast (fp32 on CPU: a no-op context) ----
         with autocast_context(device, precision):
