@@ -36,8 +36,9 @@ class VisionConfig:
         in_chans: 1 for grayscale X-rays (timm adapts the stem) or 3.
         act: ``gelu`` or ``quick_gelu`` (ViT trunks only; CNN trunks keep their own).
         timm_kwargs: extra keyword arguments for ``timm.create_model`` (depth, embed_dim, ...).
-        proj: ``linear`` (no bias, as CLIP), ``mlp`` (Linear-GELU-Linear) or ``none`` (trunk already
-            outputs the joint embedding, e.g. CLIP ResNets whose attention pool projects).
+        proj: ``linear`` (no bias, as CLIP), ``mlp`` (Linear-GELU-Linear), ``none`` (the trunk's timm head
+            projects, e.g. CLIP ResNets whose attention pool projects) or ``identity`` (the trunk's pooled
+            features are the embedding, e.g. SigLIP's MAP-pooled ViT).
         mean: per-channel normalisation mean (defaults to CLIP's, averaged for 1 channel).
         std: per-channel normalisation std.
         trunk_weights: optional local weights file for the trunk (safetensors or a plain state dict).
@@ -65,7 +66,7 @@ class VisionConfig:
             if name in self.timm_kwargs:
                 check_int(f"vision.timm_kwargs.{name}", self.timm_kwargs[name], low, high)
         _check_choice("vision.act", self.act, ACTIVATIONS)
-        _check_choice("vision.proj", self.proj, ("linear", "mlp", "none"))
+        _check_choice("vision.proj", self.proj, ("linear", "mlp", "none", "identity"))
         if self.in_chans not in (1, 3):
             raise ConfigError(f"vision.in_chans must be 1 or 3, got {self.in_chans}")
         if self.mean is None:
@@ -92,10 +93,14 @@ class TextConfig:
         mlp_ratio: hidden size of the MLP relative to ``width``.
         act: ``gelu`` or ``quick_gelu``.
         hf_model_dir: a local transformers encoder folder; when set the CLIP-specific sizes are ignored.
-        pooling: ``cls`` or ``mean`` pooling of an HF encoder's output.
+        pooling: ``cls`` or ``mean`` pooling of an HF encoder's output, or ``pooler``: the encoder's own
+            ``pooler_output`` (SigLIP: its head over the last position).
         proj_bias: whether the (linear) projection to the joint embedding has a bias.
         proj: projection of an HF encoder: ``linear``, or ``mlp`` (Linear-GELU-Linear without biases,
-            hidden ``(width + embed_dim) // 2``, open_clip's ``hf_proj_type: mlp``, e.g. BiomedCLIP).
+            hidden ``(width + embed_dim) // 2``, open_clip's ``hf_proj_type: mlp``, e.g. BiomedCLIP) or
+            ``none`` (the encoder's output is the embedding, SigLIP).
+        attention_mask: give an HF encoder the padding mask (and trim padding columns); ``false`` feeds the
+            padded-to-max ids without a mask, as SigLIP was trained (its pooling reads the last position).
     """
 
     context_length: int = 77
@@ -109,12 +114,13 @@ class TextConfig:
     pooling: str = "cls"
     proj_bias: bool = False
     proj: str = "linear"
+    attention_mask: bool = True
 
     def __post_init__(self):
         _check_choice("text.act", self.act, ACTIVATIONS)
-        _check_choice("text.pooling", self.pooling, ("cls", "mean"))
-        _check_choice("text.proj", self.proj, ("linear", "mlp"))
-        if self.proj == "mlp" and self.hf_model_dir is None:
+        _check_choice("text.pooling", self.pooling, ("cls", "mean", "pooler"))
+        _check_choice("text.proj", self.proj, ("linear", "mlp", "none"))
+        if self.proj != "linear" and self.hf_model_dir is None:
             raise ConfigError("text.proj: mlp is for Hugging Face text towers (text.hf_model_dir); CLIP's own "
                               "text tower projects linearly")
         for name, (low, high) in TEXT_RANGES.items():

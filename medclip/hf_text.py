@@ -50,7 +50,9 @@ class HFTextTower(nn.Module):
         self.pad_token_id = hf_config.pad_token_id if hf_config.pad_token_id is not None else 0
         self.context_length = min(config.context_length, getattr(hf_config, "max_position_embeddings", 10**6))
         self.width = hf_config.hidden_size
-        if config.proj == "mlp":  # open_clip's hf_proj_type: mlp (BiomedCLIP)
+        if config.proj == "none":  # the encoder's pooled output is the embedding (SigLIP)
+            self.text_projection = nn.Identity()
+        elif config.proj == "mlp":  # open_clip's hf_proj_type: mlp (BiomedCLIP)
             hidden = (self.width + embed_dim) // 2
             self.text_projection = nn.Sequential(nn.Linear(self.width, hidden, bias=False), nn.GELU(),
                                                  nn.Linear(hidden, embed_dim, bias=False))
@@ -70,12 +72,15 @@ class HFTextTower(nn.Module):
 
         Columns after the last non-pad token of the batch are dropped first (they are masked anyway).
         """
+        if not self.config.attention_mask:  # SigLIP: every position of the padded-to-max ids, no mask
+            out = self.model(input_ids=ids)
+            return self.text_projection(self.pool(out, torch.ones_like(ids, dtype=torch.bool)))
         mask = ids != self.pad_token_id
         used = mask.any(dim=0).nonzero()
         length = int(used.max()) + 1 if used.numel() else 1
         ids, mask = ids[:, :length], mask[:, :length]
-        hidden = self.model(input_ids=ids, attention_mask=mask.long()).last_hidden_state
-        return self.text_projection(self.pool(hidden, mask))
+        out = self.model(input_ids=ids, attention_mask=mask.long())
+        return self.text_projection(self.pool(out, mask))
 
     def forward_embeds(self, embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Embed token *embeddings* ``(B, L, width)`` with their mask (1 = real token) into ``(B, embed_dim)``.
@@ -83,11 +88,15 @@ class HFTextTower(nn.Module):
         The encoder adds its own position (and token-type) embeddings, so ``embeds`` are raw word
         embeddings, e.g. ``token_embedding(ids)`` with CoOp's context vectors spliced in.
         """
-        hidden = self.model(inputs_embeds=embeds, attention_mask=attention_mask.long()).last_hidden_state
-        return self.text_projection(self.pool(hidden, attention_mask.bool()))
+        out = self.model(inputs_embeds=embeds, attention_mask=attention_mask.long())
+        return self.text_projection(self.pool(out, attention_mask.bool()))
 
-    def pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """``(B, L, width)`` → ``(B, width)``: the first (CLS) token, or the mean over real tokens."""
+    def pool(self, out, mask: torch.Tensor) -> torch.Tensor:
+        """Encoder output → ``(B, width)``: the first (CLS) token, the mean over real tokens, or the
+        encoder's own ``pooler_output``."""
+        if self.config.pooling == "pooler":
+            return out.pooler_output
+        hidden = out.last_hidden_state
         if self.config.pooling == "cls":
             return hidden[:, 0]
         weights = mask.unsqueeze(-1).to(hidden.dtype)
@@ -107,14 +116,19 @@ class HFTextTower(nn.Module):
             self.model.gradient_checkpointing_disable()
 
 
+_ENCODERS = {"siglip_text_model": "SiglipTextModel"}
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".ckpt", ".onnx", ".index.json")
 
 
 def _load_encoder(folder: str):
     """``AutoModel`` from the folder's weights, or built from its ``config.json`` when it has none (a
     model folder written by medclip keeps the encoder's weights in its own ``model.safetensors``)."""
+    import transformers
     from transformers import AutoConfig, AutoModel
 
+    config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    # text towers that AutoModel does not map on their own (SigLIP's text half of a SiglipModel)
+    cls = getattr(transformers, _ENCODERS[config.model_type]) if config.model_type in _ENCODERS else AutoModel
     if any(name.endswith(WEIGHT_SUFFIXES) for name in os.listdir(folder)):
-        return AutoModel.from_pretrained(folder, local_files_only=True).float()
-    return AutoModel.from_config(AutoConfig.from_pretrained(folder, local_files_only=True)).float()
+        return cls.from_pretrained(folder, local_files_only=True).float()
+    return cls.from_config(config).float() if cls is AutoModel else cls(config).float()

@@ -27,6 +27,7 @@ class VisionTower(nn.Module):
         super().__init__()
         self.config = config
         self.trunk = create_trunk(config, num_classes=embed_dim if config.proj == "none" else 0)
+        # proj "identity": the trunk's pooled features are the embedding (SigLIP: timm's MAP-pooled ViT)
         width = self.trunk.num_features
         if config.proj == "linear":
             self.head = nn.Linear(width, embed_dim, bias=False)
@@ -35,6 +36,9 @@ class VisionTower(nn.Module):
             self.head = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, embed_dim))
         else:
             self.head = nn.Identity()
+            if config.proj == "identity" and self.trunk.num_features != embed_dim:
+                raise ConfigError(f"vision.proj identity needs embed_dim = the trunk's width "
+                                  f"{self.trunk.num_features}, got {embed_dim}")
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         if image.ndim != 4 or image.shape[1] != self.config.in_chans:

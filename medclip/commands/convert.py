@@ -18,6 +18,7 @@ PARITY = {
     "open-clip": "open_clip's own forward pass (tiny random-weight replicas, tests/test_interop.py)",
     "open-clip-hub": "open_clip.create_model('local-dir:...') (tiny replicas, tests/test_interop_zoo.py)",
     "hf-clip": "transformers.CLIPModel (tiny replicas, tests/test_interop.py)",
+    "siglip": "transformers.SiglipModel features and logits (tiny replicas, tests/test_interop_siglip.py)",
     "medclip": "a medclip folder (no conversion)",
 }
 

@@ -9,6 +9,7 @@ medclip         a folder with ``config.json`` (``"model"`` section) + ``model.sa
 open-clip-hub   a folder with ``open_clip_config.json`` (+ ``open_clip_model.safetensors`` or
                 ``open_clip_pytorch_model.bin``); BiomedCLIP is one (``--from biomedclip`` is an alias)
 hf-clip         a folder with a Hugging Face ``config.json`` of ``model_type: clip``
+siglip          a folder with a Hugging Face ``config.json`` of ``model_type: siglip`` (SigLIP, MedSigLIP)
 open-clip       a bare OpenAI / open_clip state dict file (CheXzero): needs ``model_name``
 ============== ==============================================================================
 
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from ..errors import CheckpointError, ConfigError, MissingFileError
 from ..paths import resolve_path
 
-FORMATS = ("medclip", "open-clip-hub", "biomedclip", "hf-clip", "open-clip")
+FORMATS = ("medclip", "open-clip-hub", "biomedclip", "hf-clip", "siglip", "open-clip")
 _ALIASES = {"biomedclip": "open-clip-hub"}
 _WEIGHT_FILE = (".safetensors", ".pt", ".pth", ".bin")
 
@@ -75,8 +76,8 @@ def detect_format(path: str) -> str:
     if isinstance(config, dict) and isinstance(config.get("model"), dict):
         return "medclip"
     model_type = config.get("model_type") if isinstance(config, dict) else None
-    if model_type == "clip":
-        return "hf-clip"
+    if model_type in ("clip", "siglip"):
+        return {"clip": "hf-clip", "siglip": "siglip"}[model_type]
     what = f"a Hugging Face '{model_type}' model" if model_type else "no config.json or open_clip_config.json"
     raise ConfigError(f"{path}: unknown model format ({what}); medclip reads {', '.join(FORMATS)} "
                       f"(see the README model zoo); force one with --from NAME")
@@ -108,6 +109,12 @@ def load_model(path: str, fmt: str | None = None, model_name: str = "", text_mod
 
         model, info = from_open_clip_hub(path, text_model)
         return Loaded(model, fmt, path, [info["weights"]], info["preprocess"], tokenizer_dir=path,
+                      license=read_license(path))
+    if fmt == "siglip":
+        from .siglip import from_hf_siglip
+
+        model, preprocess = from_hf_siglip(path)
+        return Loaded(model, fmt, path, _files_like(path, "model"), preprocess, tokenizer_dir=path,
                       license=read_license(path))
     if fmt == "hf-clip":
         from .hf_clip import from_hf_clip
