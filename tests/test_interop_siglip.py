@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -80,3 +81,26 @@ def test_siglip_bad_settings_are_one_line(tmp_path, monkeypatch):
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(ConfigError, match="hidden_act relu"):
         load_model(str(folder))
+
+
+def test_siglip_zero_shot_scoring_uses_the_bias(tmp_path, monkeypatch):
+    import torch.nn.functional as F
+
+    from medclip.eval import prompts as P
+    from medclip.eval.zeroshot import ZeroShotClassifier
+
+    monkeypatch.syspath_prepend(str(__import__("pathlib").Path(__file__).parent))
+    folder, _, _ = _siglip_folder(tmp_path)
+    model = load_model(str(folder)).model
+    tokenizer = medclip.get_tokenizer(model.config)
+    feats = F.normalize(torch.randn(4, model.config.embed_dim, generator=torch.Generator().manual_seed(0)), dim=-1)
+    scale, bias = float(model.get_logit_scale()), float(model.logit_bias)
+    with torch.no_grad():
+        enc = F.normalize(model.encode_text(tokenizer(["pleural effusion", "enlarged heart"])), dim=-1)
+    multi = P.parse_class_file({"task": "multi", "classes": {"effusion": ["pleural effusion"],
+                                                             "cardiomegaly": ["enlarged heart"]}})
+    probs = ZeroShotClassifier(model, multi, tokenizer).predict_proba(feats)
+    np.testing.assert_allclose(probs, torch.sigmoid(scale * feats @ enc.T + bias).numpy(), atol=1e-5)
+    single = P.parse_class_file({"classes": {"effusion": ["pleural effusion"], "cardiomegaly": ["enlarged heart"]}})
+    probs = ZeroShotClassifier(model, single, tokenizer).predict_proba(feats)
+    np.testing.assert_allclose(probs, torch.softmax(scale * feats @ enc.T, dim=1).numpy(), atol=1e-5)

@@ -4,6 +4,9 @@
 * **multi-label** (``task: multi``, as CheXzero): each condition has a positive and a negative prompt
   ensemble; its logit is ``logit_scale * image @ (pos - neg)``, and ``sigmoid(logit)`` equals the
   softmax over the (positive, negative) pair. Conditions are scored independently.
+* models with a ``logit_bias`` (SigLIP, trained with a per-pair sigmoid): a multi-label condition's logit is
+  ``logit_scale * image @ pos + logit_bias`` (its own sigmoid, as trained; negative prompts unused);
+  single-label tasks keep the softmax over classes of the same logits (the bias cancels).
 
 :func:`run_zeroshot` goes from a model, a manifest (or class-per-folder tree) and a class file to a
 per-image probability table plus metrics with bootstrap CIs, calibration (optionally temperature
@@ -57,14 +60,20 @@ class ZeroShotClassifier:
                 targets = encode_prompt_sets(model, tokenizer, self.task.prompts, cache_dir, fingerprint)
         self.targets = targets.float().cpu()
         self.logit_scale = float(model.get_logit_scale().detach())
+        bias = getattr(model, "logit_bias", None)
+        self.logit_bias = float(bias.detach()) if bias is not None else None
 
     @property
     def names(self) -> list[str]:
         return self.task.classes
 
     def logits(self, image_features: torch.Tensor) -> torch.Tensor:
-        """``(N, K)`` logits: class scores (single) or positive-minus-negative scores (multi)."""
-        return self.task.combine(self.logit_scale * image_features.float() @ self.targets.T)
+        """``(N, K)`` logits: class scores (single), positive-minus-negative scores (multi), or for models
+        with a logit bias (SigLIP) ``scale · sim(pos) + bias`` per condition (multi)."""
+        target_logits = self.logit_scale * image_features.float() @ self.targets.T
+        if self.logit_bias is not None and self.task.label_kind.name == "multi":
+            return target_logits[:, :len(self.task.classes)] + self.logit_bias
+        return self.task.combine(target_logits)
 
     def predict_proba(self, image_features: torch.Tensor, temperature: float = 1.0) -> np.ndarray:
         """Probabilities ``(N, K)``: softmax over classes (single) or per-condition sigmoid (multi)."""
