@@ -153,10 +153,11 @@ def test_demo_corpus_deterministic_and_heldout(demo, tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_findings_visible_to_a_linear_probe(demo):
+def test_demo_findings_visible_to_a_linear_probe(tmp_path):
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
 
+    demo = make_demo_corpus(tmp_path, n_patients=100, seed=0, image_size=64)  # ~140 training images
     df = load_manifest(demo)
     transform = build_image_transform(medclip.get_model_config("tiny-vit").vision)
     x = np.stack([transform.prepare(p)[0, ::2, ::2].ravel() for p in df["image"]])

@@ -1,4 +1,4 @@
-"""Held-out demo zero-shot (AUROC with CI) and the ``medclip retrieve`` command on real notes."""
+"""The demo report (zero-shot AUROCs with CI, probe) and the ``medclip retrieve`` command on real notes."""
 
 import json
 
@@ -15,29 +15,38 @@ def demo_manifest(demo_corpus):
     return str(demo_corpus)
 
 
-def test_heldout_demo_report_auroc_with_ci(tiny_model, demo_manifest, tmp_path):
-    from medclip.eval.heldout_demo import format_heldout, heldout_demo_report
+@pytest.mark.slow
+def test_demo_report_on_test_split_with_ci_and_probe(tiny_model, demo_manifest, tmp_path):
+    from medclip.eval.heldout_demo import DEMO_CLASSES, HELDOUT_CLASS, demo_report, format_demo_report, report_pvalues
+    from medclip.eval.significance import verdicts
 
-    report = heldout_demo_report(tiny_model, demo_manifest, str(tmp_path), n_bootstrap=100)
+    report = demo_report(tiny_model, demo_manifest, str(tmp_path), n_bootstrap=100, probe_seeds=(0, 1), shots=3)
     df = pd.read_csv(demo_manifest)
-    evaluated = df[df["split"].isin(["val", "test"])]
-    assert report["n_images"] == len(evaluated)
-    assert report["n_positive"] == int(evaluated["opacity_left_upper"].sum()) > 0
-    assert (df.loc[df["split"] == "train", "opacity_left_upper"] == 0).all()  # truly held out of training
-    a = report["auroc"]
-    assert a["ci_low"] <= a["value"] <= a["ci_high"]
-    table = pd.read_csv(tmp_path / "probabilities.csv")  # the AUROC is the one of the written probabilities
-    assert a["value"] == pytest.approx(roc_auc_score(table["label/heldout"], table["prob/heldout"]))
-    assert 0 <= report["auroc_among_opacities"]["value"] <= 1
-    assert json.loads((tmp_path / "heldout.json").read_text())["auroc"]["value"] == pytest.approx(a["value"])
-    assert "AUROC" in format_heldout(report) and "95% CI" in format_heldout(report)
+    test = df[df["split"] == "test"]
+    assert report["n_images"] == len(test) and report["split"] == "test"
+    column = DEMO_CLASSES["classes"][HELDOUT_CLASS]["column"]
+    assert (df.loc[df["split"] == "train", column] == 0).all()  # truly held out of training
+    table = pd.read_csv(tmp_path / "probabilities.csv")  # the AUROCs are those of the written probabilities
+    assert set(table["image"].map(lambda p: p.split("/")[-1])) == set(test["image"].map(lambda p: p.split("/")[-1]))
+    for name, r in report["zeroshot"].items():
+        assert r["value"] == pytest.approx(roc_auc_score(table[f"label/{name}"], table[f"prob/{name}"]))
+        assert r["ci_low"] <= r["value"] <= r["ci_high"] and r["n_positive"] == int(table[f"label/{name}"].sum())
+    assert len(report["probe"]["macro_trained"]) == 2 and 0 <= report["probe"]["p"] <= 1
+    assert json.loads((tmp_path / "demo_report.json").read_text())["zeroshot"]["effusion"]["value"] == \
+        pytest.approx(report["zeroshot"]["effusion"]["value"])
+    text = format_demo_report(report, verdicts(report_pvalues(report)))
+    assert "95% CI" in text and "Holm p=" in text and "never in a training image or report" in text
 
 
-def test_heldout_prompt_must_use_training_words_only(tiny_model, demo_manifest):
-    from medclip.eval.heldout_demo import heldout_demo_report
+def test_demo_prompts_must_use_training_words_only(tiny_model, demo_manifest):
+    import copy
 
+    from medclip.eval.heldout_demo import DEMO_CLASSES, HELDOUT_CLASS, demo_report
+
+    classes = copy.deepcopy(DEMO_CLASSES)
+    classes["classes"][HELDOUT_CLASS]["prompts"] = ["apical opacity on the left"]
     with pytest.raises(DataError, match="apical"):
-        heldout_demo_report(tiny_model, demo_manifest, prompts=["apical opacity on the left"], n_bootstrap=10)
+        demo_report(tiny_model, demo_manifest, classes=classes, n_bootstrap=10, probe_seeds=())
 
 
 @pytest.mark.slow
@@ -50,13 +59,14 @@ def test_pretrain_report_only_for_demo_recipes(tiny_model, demo_manifest, tmp_pa
         return SimpleNamespace(data=SimpleNamespace(manifest=str(manifest), demo=demo))
 
     tiny_model.save_pretrained(str(tmp_path / "model"))
-    line = pretrain_report(str(tmp_path / "model"), recipe(demo_manifest))
-    assert line.startswith("zero-shot on the held-out finding") and (tmp_path / "zeroshot_heldout" / "roc.png").exists()
+    report = pretrain_report(str(tmp_path / "model"), recipe(demo_manifest))
+    assert set(report["zeroshot"]) >= {"opacity", "cardiomegaly", "effusion"}
+    assert (tmp_path / "demo_eval" / "roc.png").exists()
     assert pretrain_report(str(tmp_path / "model"), recipe(demo_manifest, demo=False)) is None
     other = tmp_path / "other.csv"
     pd.DataFrame({"image": ["a.png"], "report": ["x"]}).to_csv(other, index=False)
     assert pretrain_report(str(tmp_path / "model"), recipe(other)) is None
-    assert "held-out demo report skipped" in caplog.text and "not a demo-corpus manifest" in caplog.text
+    assert "demo report skipped" in caplog.text and "not a demo-corpus manifest" in caplog.text
 
 
 def test_cli_retrieve_on_real_covid_notes(tiny_model, shared_data, tmp_path, capsys):
@@ -76,6 +86,7 @@ def test_cli_retrieve_on_real_covid_notes(tiny_model, shared_data, tmp_path, cap
     assert m["n_distinct_texts"] == df.head(24)["report"].map(lambda t: " ".join(t.split())).nunique()
     assert 0 <= m["i2t_R@1"] <= m["i2t_R@5"] <= m["i2t_R@10"] <= 1 and m["i2t_median_rank"] >= 1
     assert np.isfinite(m["alignment"]) and m["uniformity_text"] <= 0
+    assert 0 < m["p_i2t_R@5"] <= 1 and m["n_permutations"] >= 99 and "null_t2i_R@5" in m
     out_text = capsys.readouterr().out
     assert "image->text" in out_text and f"wrote {out}/retrieval.json" in out_text
     assert main(["retrieve", "--model", str(tmp_path / "model"), "--manifest", str(tmp_path / "m.csv"), "--sections",
@@ -99,3 +110,16 @@ def test_demo_findings_class_file_on_test_split_with_calibration(tiny_model, dem
     assert result.metrics["n_positive"]["normal"] == df.loc[df["split"] == "test", "normal"].sum()
     with pytest.raises(DataError, match="no rows with split 'tset'"):
         run_zeroshot(tiny_model, demo_manifest, classes, split="tset", n_bootstrap=5, progress=False)
+
+
+def test_demo_class_file_has_the_main_jobs_prompts():
+    """recipes/classes/demo-findings.yaml asks what the main job reports (same prompts, same columns)."""
+    from pathlib import Path
+
+    import yaml
+
+    from medclip.eval.heldout_demo import DEMO_CLASSES
+
+    data = yaml.safe_load((Path(__file__).parents[1] / "recipes" / "classes" / "demo-findings.yaml").read_text())
+    assert {k: data["classes"][k] for k in DEMO_CLASSES["classes"]} == DEMO_CLASSES["classes"]
+    assert data["templates"] == DEMO_CLASSES["templates"] and data["task"] == "multi"

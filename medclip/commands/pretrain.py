@@ -33,12 +33,9 @@ def run(args) -> int:
     result = train(recipe, output, resume=args.resume, max_steps=args.max_steps, max_minutes=args.max_minutes,
                    overwrite=args.overwrite)
     if int(os.environ.get("RANK", "0")) == 0:
-        print(summary(result, output))
+        print(summary(result, output, pretrain_report(os.path.join(output, "model"), recipe)))
         if result.get("stopped_by"):
             print(budget_note(result, args, output))
-        heldout = pretrain_report(os.path.join(output, "model"), recipe)
-        if heldout:
-            print(heldout)
     return 0
 
 
@@ -55,21 +52,42 @@ def budget_note(result: dict, args, output: str) -> str:
             f"{shlex.join(command)}")
 
 
-def summary(result: dict, output: str) -> str:
-    """Human-readable end-of-run lines: loss trend and held-out retrieval against chance."""
+def summary(result: dict, output: str, demo: dict | None = None) -> str:
+    """Human-readable end-of-run lines: loss trend, held-out retrieval and (demo runs) the demo report.
+
+    Every "above chance" verdict is a test (:mod:`medclip.eval.significance`): retrieval against
+    shuffled pairings (``val_p_*`` from validation), AUROC against 0.5, the probe against random
+    weights; the p-values of all verdicts printed here are Holm-corrected together.
+    """
+    from ..eval.heldout_demo import format_demo_report, report_pvalues
+    from ..eval.significance import format_p, verdicts
+
     lines = [f"trained {result['step']} steps; model saved to {output}/model "
              f"(checkpoints, metrics.csv, loss_curve.png, tensorboard/ in {output})"]
     if result.get("first_loss") is not None and result.get("last_loss") is not None:
         trend = "fell" if result["last_loss"] < result["first_loss"] else "did NOT fall"
         lines.append(f"train loss {trend}: {result['first_loss']:.4f} (first step) -> {result['last_loss']:.4f} (last)")
+    pvalues = {k[len("val_p_"):]: result[k] for k in result if k.startswith("val_p_") and "@" in k}
+    pvalues.update(report_pvalues(demo) if demo else {})
+    verdict = verdicts(pvalues)
     if "val_loss" in result:
         n, distinct = int(result["val_n"]), int(result["val_n_distinct_texts"])
         lines.append(f"held-out retrieval ({n} validation pairs, {distinct} distinct reports; "
-                     f"val loss {result['val_loss']:.4f}, temperature 1/{result['logit_scale']:.1f}):")
+                     f"val loss {result['val_loss']:.4f}, temperature 1/{result['logit_scale']:.1f}); "
+                     "chance = shuffled pairings, p from the permutation test:")
         for k in (1, 5, 10):
-            i2t, t2i, chance = result.get(f"val_i2t_R@{k}"), result.get(f"val_t2i_R@{k}"), result[f"val_chance_R@{k}"]
-            if i2t is not None:
-                verdict = "beats chance" if min(i2t, t2i) > chance else "not above chance"
-                lines.append(f"  R@{k}: image->text {i2t:.3f}, text->image {t2i:.3f} "
-                             f"vs chance {chance:.3f} ({verdict})")
+            if f"val_i2t_R@{k}" not in result:
+                continue
+            parts = []
+            for d, name in (("i2t", "image->text"), ("t2i", "text->image")):
+                v = verdict.get(f"{d}_R@{k}")
+                chance = result.get(f"val_null_{d}_R@{k}", result[f"val_chance_R@{k}"])
+                parts.append(f"{name} {result[f'val_{d}_R@{k}']:.3f} vs chance {chance:.3f} "
+                             f"({v['text'] if v else 'no test'})")
+            lines.append(f"  R@{k}: {'; '.join(parts)}")
+    if demo:
+        lines.append(format_demo_report(demo, verdict))
+    if pvalues:
+        lines.append(f"(verdicts: one-sided tests at 0.05, Holm-corrected over the {len(pvalues)} printed here; "
+                     f"smallest raw p {format_p(min(pvalues.values()))})")
     return "\n".join(lines)

@@ -42,11 +42,7 @@ def run(args) -> int:
                     "medclip_version": __version__})
     print(f"{metrics['n']} pairs ({metrics['n_distinct_texts']} distinct reports, {metrics['n_quarantined']} "
           "quarantined)")
-    for direction, name in (("i2t", "image->text"), ("t2i", "text->image")):
-        recalls = "  ".join(f"R@{k} {metrics[f'{direction}_R@{k}']:.3f}" for k in args.ks)
-        print(f"  {name}: {recalls}  median rank {metrics[f'{direction}_median_rank']:.1f}")
-    print("  chance (random ranking, same duplicates): " + "  ".join(f"R@{k} {metrics[f'chance_R@{k}']:.3f}"
-                                                                    for k in args.ks))
+    print(verdict_lines(metrics, args.ks))
     print(f"  alignment {metrics['alignment']:.3f}  uniformity image {metrics['uniformity_image']:.3f} "
           f"text {metrics['uniformity_text']:.3f}")
     if args.output:
@@ -61,3 +57,23 @@ def run(args) -> int:
     else:
         print("nothing saved (give --output DIR for retrieval.json)")
     return 0
+
+
+def verdict_lines(metrics: dict, ks) -> str:
+    """Recall@K per direction with the permutation test's chance level and a Holm-corrected verdict."""
+    from ..eval.significance import verdicts
+
+    tests = verdicts({f"{d}_R@{k}": metrics[f"p_{d}_R@{k}"] for d in ("i2t", "t2i") for k in ks
+                      if f"p_{d}_R@{k}" in metrics})
+    lines = []
+    for direction, name in (("i2t", "image->text"), ("t2i", "text->image")):
+        lines.append(f"  {name}: median rank {metrics[f'{direction}_median_rank']:.1f}")
+        for k in ks:
+            key = f"{direction}_R@{k}"
+            chance = metrics.get(f"null_{key}", metrics[f"chance_R@{k}"])
+            verdict = tests[key]["text"] if key in tests else "too few pairs to test"
+            lines.append(f"    R@{k} {metrics[key]:.3f} vs chance {chance:.3f} ({verdict})")
+    if tests:
+        lines.append(f"  chance = mean R@K over {metrics['n_permutations']} shuffled pairings (same reports, "
+                     f"duplicates count as hits); Holm-corrected over the {len(tests)} verdicts")
+    return "\n".join(lines)

@@ -80,6 +80,7 @@ def summary(result) -> str:
     if "metrics" not in m:
         return "\n".join([*lines, m.get("note", "")])
     undefined = m.get("auroc_undefined", [])
+    tests = auroc_verdicts(result)
     for name in [*m["classes"], "macro"]:
         key = "auroc_macro" if name == "macro" else f"auroc/{name}"
         a = m["metrics"][key]
@@ -89,8 +90,28 @@ def summary(result) -> str:
             continue
         label = f"macro ({len(m['classes']) - len(undefined)} of {len(m['classes'])})" if name == "macro" and \
             undefined else name
-        lines.append(f"  AUROC {label:<24} {a['value']:.3f}  95% CI [{a['ci_low']:.3f}, {a['ci_high']:.3f}]")
+        verdict = f"  ({tests[name]['text']})" if name in tests else ""
+        lines.append(f"  AUROC {label:<24} {a['value']:.3f}  95% CI [{a['ci_low']:.3f}, {a['ci_high']:.3f}]{verdict}")
     acc = m["metrics"]["accuracy"]
     lines.append(f"  accuracy {acc['value']:.3f} [{acc['ci_low']:.3f}, {acc['ci_high']:.3f}]  "
                  f"ECE {m['calibration']['ece']:.3f} (before scaling {m['calibration']['ece_before_scaling']:.3f})")
     return "\n".join(lines)
+
+
+def auroc_verdicts(result, n_bootstrap: int = 1000) -> dict[str, dict]:
+    """Per class: is its AUROC above 0.5? Bootstrap test (patient-level), Holm-corrected over the classes."""
+    import numpy as np
+
+    from ..eval.significance import auroc_test, verdicts
+    from ..eval.zeroshot import _cluster_ids
+
+    mask = result.eval_mask()
+    if not mask.any():
+        return {}
+    y, probs = result.task.indicator(result.labels()[mask]), result.probs()[mask]
+    groups, pvalues = _cluster_ids(result.table[mask]), {}
+    for c, name in enumerate(result.classes.names):
+        known = y[:, c][~np.isnan(y[:, c])]
+        if known.size and 0 < known.sum() < known.size:
+            pvalues[name] = auroc_test(y[:, c], probs[:, c], groups, n_bootstrap)["p"]
+    return verdicts(pvalues)

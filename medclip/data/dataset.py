@@ -80,11 +80,12 @@ def prepare_manifest(data_config: DataConfig, decode=None, seed: int = 0,
         ``(good rows with a split column, quarantine table, quarantine.csv path)``.
     """
     manifest = Path(data_config.manifest)
-    if data_config.demo and not manifest.exists():
-        from .demo import make_demo_corpus
+    if data_config.demo:
+        from .demo import demo_corpus_current, make_demo_corpus
 
-        logger.info("data: generating the demo corpus in %s", manifest.parent)
-        manifest = Path(make_demo_corpus(manifest.parent, manifest_name=manifest.name))
+        if not demo_corpus_current(manifest):  # missing, or written by an older version: never reuse that
+            logger.info("data: generating the demo corpus in %s", manifest.parent)
+            manifest = Path(make_demo_corpus(manifest.parent, manifest_name=manifest.name))
     from .prepare import QUARANTINE, prepared_dir, read_prepared
 
     if prepared_dir(manifest):  # `medclip data prepare` checked and split it once: read, never re-check

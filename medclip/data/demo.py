@@ -1,17 +1,25 @@
-"""A small synthetic, de-identified chest X-ray corpus that a tiny CLIP can learn in a minute or two on a CPU.
+"""A small synthetic, de-identified chest X-ray corpus that a tiny CLIP learns in a minute or two on a CPU.
 
-Each image is a drawn chest phantom (body, dark lung fields, bright spine, heart shadow, diaphragm)
-with up to three findings, and its report is templated from them:
+Each image is a drawn chest phantom (body, dark lung fields, clavicles, bright spine, heart shadow,
+diaphragm) with findings large and bright enough to see at 64 px, and its report is a few short
+sentences, one per finding, in shuffled order and varied wording (several phrasings per finding and
+per negative), so a text tower learns words, not template ids:
 
-* an **opacity** in one lung zone (right/left × upper/lower; the patient's right is on the image's
-  left, as radiographs are displayed),
-* an **enlarged heart** shadow (cardiomegaly),
-* a **pleural effusion** (right or left): the lung base filled up to a fluid level.
+* **opacity** in one or two lung zones (right/left × upper/lower; the patient's right is on the
+  image's left, as radiographs are displayed),
+* **cardiomegaly**: an enlarged heart shadow,
+* **pleural effusion** (right or left): the lung base filled up to a fluid level.
 
-One combination, the opacity in the **left upper zone**, never appears in a training report: those
-studies (and every study of their patients) are in val/test only and flagged ``heldout = 1``. Every
-word of "opacity in the left upper zone" occurs in training reports, so zero-shot transfer to it
-can be tested.
+Held out of training, two finding combinations that no training image shows and no training report
+states (their studies, and every study of their patients, are in val/test only, flagged ``heldout = 1``):
+
+* an **enlarged heart with a left pleural effusion** (``cardiomegaly_effusion_left``): training has
+  enlarged hearts, left effusions, and enlarged hearts with right effusions, never the two together;
+* an opacity in the **left upper zone** (``opacity_left_upper``, :data:`HELDOUT_ZONE`): "left" occurs
+  with lower-zone opacities and effusions, "upper" with right-sided opacities.
+
+Every word of their prompts occurs in training reports, so zero-shot transfer to the unseen
+combinations can be measured (:mod:`medclip.eval.heldout_demo`).
 
 Files: DICOM (MONOCHROME1 and MONOCHROME2, 12- and 16-bit, with windows, one with rescale
 slope/intercept, one without a window) and PNG (8- and 16-bit), all through the same loader. Header
@@ -27,20 +35,36 @@ import numpy as np
 import pandas as pd
 
 from .csvsafe import write_csv
+from .demo_render import render_chest
+from .demo_reports import make_report
 
-ZONES = {("right", "upper"): (0.30, 0.33), ("right", "lower"): (0.30, 0.56),
-         ("left", "upper"): (0.70, 0.33), ("left", "lower"): (0.70, 0.56)}
+ZONES = {("right", "upper"): (0.30, 0.31), ("right", "lower"): (0.30, 0.58),
+         ("left", "upper"): (0.70, 0.31), ("left", "lower"): (0.70, 0.58)}
 HELDOUT_ZONE = ("left", "upper")
-# (opacity zone or None, probability): the held-out zone is rarer so most patients stay in training.
-OPACITY_CHOICES = [(None, 0.30), (("right", "upper"), 0.19), (("right", "lower"), 0.19),
-                   (("left", "lower"), 0.19), (("left", "upper"), 0.13)]
+P_OPACITY, P_SECOND_OPACITY, P_CARDIOMEGALY, P_EFFUSION, P_HELDOUT = 0.5, 0.25, 0.35, 0.35, 0.06
 FORMATS = ("dcm_mono2_12bit", "dcm_mono1_16bit", "dcm_mono2_rescaled", "dcm_mono1_12bit_nowindow",
            "dcm_mono2_16bit", "png_8bit", "png_16bit")
 LABELS = ["normal", "opacity", "cardiomegaly", "effusion", "opacity_right_upper", "opacity_right_lower",
           "opacity_left_upper", "opacity_left_lower", "effusion_right", "effusion_left"]
+SPLIT_FRACTIONS = (0.70, 0.10, 0.20)  # train / val / test of the patients without a held-out study
+VERSION = 2  # bump when the corpus changes: an older generated corpus is then regenerated, never reused
+STAMP = "demo_corpus.json"
 
 
-def make_demo_corpus(out_dir: str | os.PathLike, n_patients: int = 150, seed: int = 0, image_size: int = 128,
+def demo_corpus_current(manifest: str | os.PathLike) -> bool:
+    """True when ``manifest`` exists and was written by this version of :func:`make_demo_corpus`."""
+    import json
+
+    stamp = Path(manifest).parent / STAMP
+    if not Path(manifest).exists() or not stamp.exists():
+        return False
+    try:
+        return json.loads(stamp.read_text()).get("version") == VERSION
+    except (ValueError, OSError):
+        return False
+
+
+def make_demo_corpus(out_dir: str | os.PathLike, n_patients: int = 300, seed: int = 0, image_size: int = 128,
                      manifest_name: str = "manifest.csv") -> Path:
     """Write the synthetic demo corpus (images + ``manifest.csv``) and return the manifest path.
 
@@ -53,9 +77,9 @@ def make_demo_corpus(out_dir: str | os.PathLike, n_patients: int = 150, seed: in
 
     Returns:
         Path of the manifest CSV: columns ``image``, ``report``, ``patient_id``, ``study_id``, ``split``,
-        ``heldout``, ``opacity_zone``, ``effusion_side``, ``format`` and the 0/1 label columns
-        ``normal``, ``opacity``, ``cardiomegaly``, ``effusion``, ``opacity_<side>_<level>``,
-        ``effusion_<side>``.
+        ``heldout``, ``opacity_zone`` (zones joined by ``;``), ``effusion_side``, ``format`` and the 0/1
+        label columns ``normal``, ``opacity``, ``cardiomegaly``, ``effusion``, ``opacity_<side>_<level>``,
+        ``effusion_<side>``, ``cardiomegaly_effusion_left``. Also writes ``demo_corpus.json`` (the version).
     """
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -64,88 +88,52 @@ def make_demo_corpus(out_dir: str | os.PathLike, n_patients: int = 150, seed: in
     for p in range(n_patients):
         pid = f"P{p + 1:04d}"
         for s in range(int(rng.choice([1, 2, 3], p=[0.35, 0.35, 0.30]))):
-            findings = _draw_findings(rng)
+            findings = draw_findings(rng)
             fmt = FORMATS[int(rng.integers(len(FORMATS)))]
             name = f"images/{pid}_S{s + 1}.{'png' if fmt.startswith('png') else 'dcm'}"
-            pixels = render_chest(findings, rng, image_size)
-            _write_image(out / name, pixels, fmt, pid, f"{pid}S{s + 1}", seed)
-            rows.append({"image": name, "report": make_report(findings), "patient_id": pid,
-                         "study_id": f"{pid}-S{s + 1}", "format": fmt, **_label_values(findings)})
+            _write_image(out / name, render_chest(findings, rng, image_size, ZONES), fmt, pid, f"{pid}S{s + 1}", seed)
+            rows.append({"image": name, "report": make_report(findings, rng), "patient_id": pid,
+                         "study_id": f"{pid}-S{s + 1}", "format": fmt, **label_values(findings)})
     df = pd.DataFrame(rows)
     df["split"] = _assign_splits(df, rng)
     columns = ["image", "report", "patient_id", "study_id", "split", "heldout", "opacity_zone", "effusion_side",
-               "format", *LABELS]
+               "format", *LABELS, "cardiomegaly_effusion_left"]
     path = out / manifest_name
     write_csv(df[columns], path)
+    import json
+
+    (out / STAMP).write_text(json.dumps({"version": VERSION, "manifest": manifest_name, "n_patients": n_patients,
+                                         "seed": seed, "image_size": image_size}))
     return path
 
 
-def _draw_findings(rng: np.random.Generator) -> dict:
-    zones = [z for z, _ in OPACITY_CHOICES]
-    zone = zones[int(rng.choice(len(zones), p=[pr for _, pr in OPACITY_CHOICES]))]
-    effusion = [None, "right", "left"][int(rng.choice(3, p=[0.6, 0.2, 0.2]))]
-    return {"opacity": zone, "cardiomegaly": bool(rng.random() < 0.35), "effusion": effusion}
+def draw_findings(rng: np.random.Generator) -> dict:
+    """Random findings of one study: ``opacity`` (list of (side, level) zones), ``cardiomegaly``, ``effusion``."""
+    zones: list[tuple[str, str]] = []
+    if rng.random() < P_HELDOUT:
+        zones.append(HELDOUT_ZONE)
+    elif rng.random() < P_OPACITY:
+        seen = [z for z in ZONES if z != HELDOUT_ZONE]
+        count = 2 if rng.random() < P_SECOND_OPACITY else 1
+        zones = [seen[i] for i in sorted(rng.choice(len(seen), size=count, replace=False))]
+    effusion = [None, "right", "left"][int(rng.choice(3, p=[1 - P_EFFUSION, P_EFFUSION / 2, P_EFFUSION / 2]))]
+    return {"opacity": zones, "cardiomegaly": bool(rng.random() < P_CARDIOMEGALY), "effusion": effusion}
 
 
-def make_report(findings: dict) -> str:
-    """Templated report: ``FINDINGS: ... IMPRESSION: ...`` (short, one sentence per finding)."""
-    zone, big_heart, effusion = findings["opacity"], findings["cardiomegaly"], findings["effusion"]
-    parts = [f"Opacity in the {zone[0]} {zone[1]} zone." if zone else "No focal opacity.",
-             "The heart is enlarged." if big_heart else "Normal heart size.",
-             f"{effusion.capitalize()} pleural effusion." if effusion else "No pleural effusion."]
-    impression = []
-    if zone:
-        impression.append(f"{zone[0].capitalize()} {zone[1]} zone opacity.")
-    if big_heart:
-        impression.append("Cardiomegaly.")
-    if effusion:
-        impression.append(f"{effusion.capitalize()} pleural effusion.")
-    return f"FINDINGS: {' '.join(parts)} IMPRESSION: {' '.join(impression) or 'No acute cardiopulmonary disease.'}"
-
-
-def _label_values(findings: dict) -> dict:
-    zone, effusion = findings["opacity"], findings["effusion"]
-    values = {"heldout": int(zone == HELDOUT_ZONE), "opacity_zone": f"{zone[0]} {zone[1]}" if zone else "",
-              "effusion_side": effusion or "", "opacity": int(zone is not None),
+def label_values(findings: dict) -> dict:
+    """The manifest's label columns for one study's findings."""
+    zones, effusion = findings["opacity"], findings["effusion"]
+    both = int(bool(findings["cardiomegaly"]) and effusion == "left")
+    values = {"heldout": int(HELDOUT_ZONE in zones or both), "cardiomegaly_effusion_left": both,
+              "opacity_zone": ";".join(f"{s} {lv}" for s, lv in zones),
+              "effusion_side": effusion or "", "opacity": int(bool(zones)),
               "cardiomegaly": int(findings["cardiomegaly"]), "effusion": int(effusion is not None)}
     values["normal"] = int(not (values["opacity"] or values["cardiomegaly"] or values["effusion"]))
     for side, level in ZONES:
-        values[f"opacity_{side}_{level}"] = int(zone == (side, level))
+        values[f"opacity_{side}_{level}"] = int((side, level) in zones)
     for side in ("right", "left"):
         values[f"effusion_{side}"] = int(effusion == side)
     return values
-
-
-def render_chest(findings: dict, rng: np.random.Generator, size: int = 128) -> np.ndarray:
-    """Draw a chest phantom with the given findings: float64 (H, W) in [0, 1], dense = bright."""
-    h, w = int(size * rng.uniform(1.0, 1.15)), int(size * rng.uniform(0.9, 1.05))
-    v, u = np.mgrid[0:h, 0:w]
-    v, u = (v + 0.5) / h + rng.normal(0, 0.01), (u + 0.5) / w + rng.normal(0, 0.01)
-
-    def ellipse(cu, cv, ru, rv):
-        return ((u - cu) / ru) ** 2 + ((v - cv) / rv) ** 2 <= 1.0
-
-    img = np.full((h, w), 0.04)
-    img[ellipse(0.5, 0.56, 0.47, 0.52)] = 0.42 + rng.normal(0, 0.02)  # soft tissue
-    lungs = {side: ellipse(cu, 0.45, 0.15, 0.29) for side, cu in (("right", 0.30), ("left", 0.70))}
-    for mask in lungs.values():
-        img[mask] = 0.12 + rng.normal(0, 0.015)
-    img[ellipse(0.5, 1.02, 0.45, 0.2)] = 0.62  # diaphragm / abdomen
-    heart_ru = 0.215 if findings["cardiomegaly"] else 0.11
-    img[ellipse(0.54, 0.68, heart_ru * rng.uniform(0.95, 1.05), 0.14)] = 0.6
-    img[(np.abs(u - 0.5) < 0.035) & (v > 0.05)] = 0.8  # spine
-    if findings["effusion"]:
-        lung = lungs[findings["effusion"]]
-        lateral = np.abs(u - 0.5)  # meniscus: the level climbs towards the chest wall
-        level = rng.uniform(0.55, 0.60) - 0.25 * np.clip(lateral - 0.2, 0, None)
-        img[lung & (v > level)] = 0.62
-    if findings["opacity"]:
-        cu, cv = ZONES[findings["opacity"]]
-        cu, cv = cu + rng.normal(0, 0.015), cv + rng.normal(0, 0.015)
-        blob = np.exp(-(((u - cu) ** 2 + (v - cv) ** 2) / (2 * rng.uniform(0.05, 0.06) ** 2)))
-        img = img + 0.55 * blob * lungs[findings["opacity"][0]]
-    img = img + rng.normal(0, 0.02, img.shape)
-    return np.clip(img, 0.0, 1.0)
 
 
 def _write_image(path: Path, pixels: np.ndarray, fmt: str, patient_id: str, study: str, seed: int) -> None:
@@ -199,12 +187,11 @@ def _dicom_header(patient_id: str, study: str, seed: int, mono1: bool, bits: int
 
 
 def _assign_splits(df: pd.DataFrame, rng: np.random.Generator) -> list[str]:
-    """Patient-level split; patients with any held-out study go to val/test (alternating)."""
+    """Patient-level split; patients with any held-out study go to val/test (alternating, 1 in 4 to val)."""
     held = set(df.loc[df["heldout"] == 1, "patient_id"])
-    split_of = {}
-    for i, pid in enumerate(sorted(held)):
-        split_of[pid] = "test" if i % 2 == 0 else "val"
+    split_of = {pid: ("val" if i % 4 == 3 else "test") for i, pid in enumerate(sorted(held))}
+    train, val, _ = SPLIT_FRACTIONS
     for pid in sorted(set(df["patient_id"]) - held):
         r = rng.random()
-        split_of[pid] = "train" if r < 0.8 else ("val" if r < 0.9 else "test")
+        split_of[pid] = "train" if r < train else ("val" if r < train + val else "test")
     return [split_of[p] for p in df["patient_id"]]

@@ -1,9 +1,18 @@
-"""The demo corpus's held-out finding, scored zero-shot: AUROC (95% CI) of "opacity in the left upper zone".
+"""What the quick start's main job shows: the demo model doing CLIP's job on test-split patients.
 
-The demo corpus (:mod:`medclip.data.demo`) never shows that combination in a training report.
-:func:`heldout_demo_report` scores the val/test images with a prompt made only of training-report
-words; ``medclip pretrain`` calls :func:`pretrain_report` at the end of a run whose recipe says
-``data.demo: true``.
+:func:`demo_report` evaluates a model trained on the demo corpus (:mod:`medclip.data.demo`) on the
+images of the **test** split (never the validation patients that pick ``best/``), prompted only with
+text (:data:`DEMO_CLASSES`, the same prompts as ``recipes/classes/demo-findings.yaml``):
+
+* zero-shot AUROC (95% patient-level bootstrap CI, p against 0.5) of each finding;
+* the same for the combination no training image and no training report contains, "opacity in the
+  left upper zone" (its prompt uses only words of training reports: checked, unseen words raise);
+* 16-shot linear probes on the trained image tower against the same architecture randomly
+  initialised (:func:`medclip.eval.probe.probe_vs_random`, 5 seeds, paired t-test on the macro AUROC).
+
+``medclip pretrain`` calls :func:`pretrain_report` at the end of a run whose recipe says
+``data.demo: true`` and prints :func:`format_demo_report` with verdicts Holm-corrected together with
+the run's retrieval verdicts (:mod:`medclip.eval.significance`).
 """
 
 from __future__ import annotations
@@ -15,122 +24,184 @@ import re
 
 import pandas as pd
 
-from ..defaults import EVAL_BATCH_SIZE, N_BOOTSTRAP
+from ..defaults import N_BOOTSTRAP
 from ..errors import DataError
 from .inputs import manifest_frame
-from .metrics import evaluate
-from .zeroshot import _cluster_ids, json_safe, run_zeroshot
+from .significance import auroc_test, format_p
+from .zeroshot import json_safe, run_zeroshot
 
 logger = logging.getLogger(__name__)
 
-
-HELDOUT_PROMPTS = ["Opacity in the left upper zone.", "Left upper zone opacity."]
-HELDOUT_NEGATIVES = ["Opacity in the right upper zone.", "Opacity in the left lower zone.",
-                     "Opacity in the right lower zone.", "No focal opacity."]
+HELDOUT_CLASS = "enlarged heart with a left effusion"  # the required unseen combination
+HELDOUT_ZONE_CLASS = "opacity in the left upper zone"  # the harder one: an unseen place
+HELDOUT_COLUMNS = {HELDOUT_CLASS: "cardiomegaly_effusion_left", HELDOUT_ZONE_CLASS: "opacity_left_upper"}
+FINDINGS = ("opacity", "cardiomegaly", "effusion")
+DEMO_CLASSES = {
+    "description": "Demo corpus findings, one yes/no question each (positive vs negative prompts).",
+    "task": "multi", "templates": ["{}"],
+    "classes": {
+        "opacity": {"prompts": ["Opacity in the right upper zone.", "Opacity in the right lower zone.",
+                                "Opacity in the left lower zone."],
+                    "negatives": ["No focal opacity.", "The lungs are clear."]},
+        "cardiomegaly": {"prompts": ["The heart is enlarged.", "Cardiomegaly."],
+                         "negatives": ["Normal heart size.", "Heart size is normal."]},
+        "effusion": {"prompts": ["Right pleural effusion.", "Left pleural effusion."],
+                     "negatives": ["No pleural effusion."]},
+        # never together in a training image or report; contrasted with every other heart/effusion state
+        HELDOUT_CLASS: {"prompts": ["The heart is enlarged. Left pleural effusion.",
+                                    "Cardiomegaly. Left pleural effusion."],
+                        "negatives": ["Normal heart size. No pleural effusion.",
+                                      "The heart is enlarged. No pleural effusion.",
+                                      "Normal heart size. Left pleural effusion.",
+                                      "The heart is enlarged. Right pleural effusion.",
+                                      "Normal heart size. Right pleural effusion."],
+                        "column": HELDOUT_COLUMNS[HELDOUT_CLASS]},
+        # never in a training image or report; contrasted with the other zones or no opacity
+        HELDOUT_ZONE_CLASS: {"prompts": ["Opacity in the left upper zone.", "Left upper zone opacity."],
+                             "negatives": ["Opacity in the right upper zone.", "Opacity in the left lower zone.",
+                                           "Opacity in the right lower zone.", "No focal opacity."],
+                             "column": HELDOUT_COLUMNS[HELDOUT_ZONE_CLASS]},
+    }}
 
 
 def _words(text: str) -> set[str]:
     return set(re.findall(r"[a-z]+", text.lower()))
 
 
-def _demo_frame(manifest: str, label_column: str, prompt_texts: list[str]) -> pd.DataFrame:
-    """The demo manifest with absolute image paths; raises if a prompt word never occurs in a training report."""
+def _demo_frame(manifest: str, classes: dict) -> pd.DataFrame:
+    """The demo manifest with absolute image paths, checked: the held-out combinations are absent from training
+    rows and every word of their prompts occurs in a training report (else a one-line error)."""
     df = manifest_frame(manifest)
     root = os.path.dirname(os.path.abspath(manifest))
-    df["image"] = [os.path.join(root, p) for p in df["image"]] if "image" in df.columns else df.get("image")
-    for col in ("split", "report", label_column):
+    for col in ("image", "split", "report", "patient_id", *HELDOUT_COLUMNS.values(), *FINDINGS):
         if col not in df.columns:
             raise DataError(f"{manifest}: no '{col}' column; this is not a demo-corpus manifest "
-                            "(medclip.data.demo.make_demo_corpus)")
-    vocabulary = set().union(*map(_words, df.loc[df["split"] == "train", "report"]))
-    unseen = sorted(set().union(*map(_words, prompt_texts)) - vocabulary)
-    if unseen:
-        raise DataError(f"held-out prompt words never seen in training reports: {', '.join(unseen)}")
+                            "(medclip.data.demo.make_demo_corpus; delete its folder to regenerate it)")
+    df["image"] = [os.path.join(root, p) for p in df["image"]]
+    train = df["split"] == "train"
+    vocabulary = set().union(*map(_words, df.loc[train, "report"]))
+    for name, column in HELDOUT_COLUMNS.items():
+        if (df.loc[train, column].astype(int) == 1).any():
+            raise DataError(f"{manifest}: training rows show the held-out '{name}'; regenerate the demo corpus")
+        unseen = sorted(set().union(*map(_words, classes["classes"][name]["prompts"])) - vocabulary)
+        if unseen:
+            raise DataError(f"held-out prompt words never seen in training reports: {', '.join(unseen)}")
     return df
 
 
-def heldout_demo_report(model, manifest: str, output: str | None = None, prompts: list[str] | None = None,
-                        negatives: list[str] | None = None, label_column: str = "opacity_left_upper",
-                        splits: tuple[str, ...] = ("val", "test"), n_bootstrap: int = N_BOOTSTRAP, seed: int = 0,
-                        batch_size: int = EVAL_BATCH_SIZE, progress: bool = False) -> dict:
-    """Zero-shot AUROC (95% CI) on the demo corpus's held-out finding combination.
-
-    The demo corpus (:mod:`medclip.data.demo`) never shows "opacity in the left upper zone" in a
-    training report. This scores the val/test images with a prompt made only of words that occur
-    in training reports (checked: unseen words are reported and raise), contrasted with the other
-    zones or no opacity, and reports the AUROC of finding the held-out combination among all
-    val/test images, and among the images that have an opacity somewhere (localisation only).
+def demo_report(model, manifest: str, output: str | None = None, *, split: str = "test", classes: dict | None = None,
+                n_bootstrap: int = N_BOOTSTRAP, seed: int = 0, probe_seeds: tuple[int, ...] = (0, 1, 2, 3, 4),
+                shots: int = 16) -> dict:
+    """Zero-shot AUROCs (findings and the held-out combination) and probe-vs-random on the demo corpus.
 
     Args:
-        model: a trained :class:`medclip.CLIP`.
-        manifest: the demo manifest CSV (``split``, ``report``, ``opacity``, ``opacity_left_upper`` ...).
-        output: optional folder for the usual zero-shot outputs (probabilities, metrics, ROC plot).
-        prompts: positive prompts (default :data:`HELDOUT_PROMPTS`).
-        negatives: negative prompts (default :data:`HELDOUT_NEGATIVES`).
-        label_column: the 0/1 column of the held-out combination.
-        splits: which splits are evaluated (never ``train``).
-        n_bootstrap: bootstrap resamples (patient-level) for the CIs.
+        model: a :class:`medclip.CLIP` trained on the demo corpus.
+        manifest: the demo manifest CSV.
+        output: folder for the zero-shot outputs (probabilities, metrics, ROC plot) and ``demo_report.json``.
+        split: the evaluated split (``test``; shots of the probe come from ``train``).
+        classes: class-file dict (default :data:`DEMO_CLASSES`).
+        n_bootstrap: bootstrap resamples (patient-level) of the CIs.
         seed: bootstrap seed.
-        batch_size: images per forward pass.
-        progress: show progress bars.
+        probe_seeds: seeds of the few-shot probe (empty: no probe).
+        shots: positive and negative examples per finding of the probe.
 
     Returns:
-        dict with ``auroc`` and ``auroc_among_opacities`` (each ``value``, ``ci_low``, ``ci_high``),
-        ``n_images``, ``n_positive``, ``prompts``, ``negatives``, ``temperature``-free probabilities.
+        dict: ``zeroshot`` (class -> ``value``, ``ci_low``, ``ci_high``, ``p``, ``n_positive``,
+        ``n_negative``), ``heldout_among_opacities`` (AUROC and CI among images with an opacity),
+        ``probe`` (see :func:`~medclip.eval.probe.probe_vs_random`), ``n_images``, ``split``.
     """
+    from .probe import probe_vs_random
     from .prompts import parse_class_file
 
-    prompts, negatives = prompts or HELDOUT_PROMPTS, negatives or HELDOUT_NEGATIVES
-    df = _demo_frame(manifest, label_column, prompts + negatives)
-    cf = parse_class_file({"task": "multi", "classes": {"heldout": {
-        "prompts": prompts, "negatives": negatives, "column": label_column}}}, "held-out demo task")
-    rows = df[df["split"].isin(splits)]
-    result = run_zeroshot(model, rows, cf, output, n_bootstrap=n_bootstrap, seed=seed, batch_size=batch_size,
-                          progress=progress)
-    m = result.metrics["metrics"]["auroc/heldout"]
-    report = {"auroc": {k: m[k] for k in ("value", "ci_low", "ci_high")}, "n_images": result.metrics["n_evaluated"],
-              "n_positive": result.metrics["n_positive"]["heldout"], "prompts": prompts, "negatives": negatives,
-              "splits": list(splits), "n_bootstrap": n_bootstrap}
-    opacities = result.table["opacity"].astype(float).to_numpy() == 1 if "opacity" in result.table else None
-    if opacities is not None and opacities.any():
-        sub = result.table[opacities]
-        local = evaluate(sub["label/heldout"].to_numpy(float)[:, None], sub[["prob/heldout"]].to_numpy(float),
-                         ["heldout"], "multi", groups=_cluster_ids(sub), n_bootstrap=n_bootstrap, seed=seed)
-        a = local["metrics"]["auroc/heldout"]
-        report["auroc_among_opacities"] = {k: a[k] for k in ("value", "ci_low", "ci_high")}
+    classes = classes or DEMO_CLASSES
+    df = _demo_frame(manifest, classes)
+    rows = df[df["split"] == split].reset_index(drop=True)
+    if rows.empty:
+        raise DataError(f"{manifest}: no '{split}' rows to evaluate")
+    result = run_zeroshot(model, rows, parse_class_file(classes, "demo classes"), output, n_bootstrap=n_bootstrap,
+                          seed=seed, progress=False, figures=output is not None)
+    table = result.table
+    report = {"split": split, "n_images": int(len(table)), "n_patients": int(table["patient_id"].nunique()),
+              "prompts": result.metrics["prompts"], "zeroshot": {}}
+    for name in classes["classes"]:
+        report["zeroshot"][name] = auroc_test(table[f"label/{name}"], table[f"prob/{name}"], table["patient_id"],
+                                              n_bootstrap, seed)
+    opacities = table["opacity"].astype(int) == 1
+    if opacities.any():
+        sub = table[opacities]
+        report["heldout_among_opacities"] = auroc_test(sub[f"label/{HELDOUT_ZONE_CLASS}"],
+                                                       sub[f"prob/{HELDOUT_ZONE_CLASS}"], sub["patient_id"],
+                                                       n_bootstrap, seed)
+    if probe_seeds:
+        train = df[df["split"] == "train"].reset_index(drop=True)
+        try:
+            report["probe"] = probe_vs_random(model, train, rows, list(FINDINGS), shots, probe_seeds)
+        except DataError as exc:  # a corpus too small for the shots: say so, keep the zero-shot results
+            report["probe_skipped"] = str(exc)
     if output:
-        with open(os.path.join(output, "heldout.json"), "w", encoding="utf-8") as f:
+        with open(os.path.join(output, "demo_report.json"), "w", encoding="utf-8") as f:
             json.dump(json_safe(report), f, indent=2)
     return report
 
 
-def format_heldout(report: dict) -> str:
-    """One line for logs: held-out AUROC with CI (and among opacities)."""
-    a = report["auroc"]
-    line = (f"zero-shot on the held-out finding ({report['prompts'][0]!r}; {report['n_positive']} of "
-            f"{report['n_images']} val/test images): AUROC {a['value']:.3f} "
-            f"(95% CI {a['ci_low']:.3f}-{a['ci_high']:.3f})")
-    if "auroc_among_opacities" in report:
-        b = report["auroc_among_opacities"]
-        line += f"; among images with an opacity {b['value']:.3f} ({b['ci_low']:.3f}-{b['ci_high']:.3f})"
-    return line
+def report_pvalues(report: dict) -> dict[str, float]:
+    """The p-values behind the report's verdicts, for Holm correction with the command's others."""
+    out = {f"zeroshot/{name}": r["p"] for name, r in report["zeroshot"].items()}
+    if "probe" in report:
+        out["probe"] = report["probe"]["p"]
+    return out
 
 
-def pretrain_report(model_dir: str, recipe) -> str | None:
-    """Called by ``medclip pretrain`` at the end of a run: held-out zero-shot AUROC on the demo corpus.
+def format_demo_report(report: dict, verdicts: dict[str, dict]) -> str:
+    """The main job's result lines, each number with its CI and verdict (``verdicts`` from
+    :func:`medclip.eval.significance.verdicts` over :func:`report_pvalues` and the command's others)."""
+    lines = [f"zero-shot on the {report['n_images']} {report['split']}-split images ({report['n_patients']} patients; "
+             "prompted with text only, positive vs negative sentence):"]
+    for name, r in report["zeroshot"].items():
+        extra = "  [never in a training image or report]" if name in HELDOUT_COLUMNS else ""
+        lines.append(f"  {name:<31} AUROC {r['value']:.3f} (95% CI {r['ci_low']:.3f}-{r['ci_high']:.3f}; "
+                     f"{r['n_positive']} positive) {verdicts[f'zeroshot/{name}']['text']}{extra}")
+    if "heldout_among_opacities" in report:
+        r = report["heldout_among_opacities"]
+        lines.append(f"  {HELDOUT_ZONE_CLASS}, among images with an opacity: AUROC {r['value']:.3f} "
+                     f"(95% CI {r['ci_low']:.3f}-{r['ci_high']:.3f})")
+    if "probe" in report:
+        lines.extend(_probe_lines(report["probe"], verdicts["probe"]))
+    elif "probe_skipped" in report:
+        lines.append(f"few-shot probe skipped: {report['probe_skipped']}")
+    return "\n".join(lines)
 
-    Returns None (prints nothing) unless the recipe says ``data.demo: true``; a demo recipe pointing at
-    a manifest that is not the demo corpus logs a warning and returns None. Writes
-    ``<run>/zeroshot_heldout/`` (probabilities, metrics, ROC plot, ``heldout.json``).
+
+def _probe_lines(probe: dict, verdict: dict) -> list[str]:
+    import numpy as np
+
+    seeds = len(probe["seeds"])
+    lines = [f"{probe['shots']}-shot linear probe on the image tower, trained vs the same architecture randomly "
+             f"initialised ({seeds} seeds, mean test AUROC):"]
+    for name in probe["trained"]:
+        t, r = np.mean(probe["trained"][name]), np.mean(probe["random"][name])
+        lines.append(f"  {name:<13} trained {t:.3f}  random {r:.3f}  ({'higher' if t > r else 'NOT higher'})")
+    better = "trained better" if verdict["p_holm"] < 0.05 else "trained NOT better"
+    lines.append(f"  macro         trained {np.mean(probe['macro_trained']):.3f}  random "
+                 f"{np.mean(probe['macro_random']):.3f}  paired t-test p={format_p(probe['p'])} "
+                 f"({better}, Holm p={format_p(verdict['p_holm'])})")
+    return lines
+
+
+def pretrain_report(model_dir: str, recipe) -> dict | None:
+    """Called by ``medclip pretrain`` at the end of a run: :func:`demo_report` of ``<run>/model``.
+
+    Returns None unless the recipe says ``data.demo: true``; a demo recipe pointing at a manifest that
+    is not the demo corpus logs a warning and returns None. Writes ``<run>/demo_eval/``.
     """
     if not recipe.data.demo:
         return None
     from ..model import CLIP
 
     model = CLIP.from_pretrained(model_dir)
-    output = os.path.join(os.path.dirname(os.path.abspath(model_dir)), "zeroshot_heldout")
+    output = os.path.join(os.path.dirname(os.path.abspath(model_dir)), "demo_eval")
     try:
-        return format_heldout(heldout_demo_report(model, recipe.data.manifest, output))
+        return demo_report(model, recipe.data.manifest, output)
     except DataError as exc:
-        logger.warning("held-out demo report skipped: %s", exc)
+        logger.warning("demo report skipped: %s", exc)
         return None

@@ -194,6 +194,11 @@ def evaluate_retrieval(model, manifest: str, split: str | None = None,
     text_features = encode_texts(model, get_tokenizer(model.config), texts)
     metrics = embedding_metrics(features, text_features, texts, ks)
     metrics.update({f"chance_R@{k}": chance_recall(texts, k) for k in ks})
+    if len(texts) > 2:  # permutation test against shuffled pairings (medclip.eval.significance)
+        from .significance import retrieval_pvalues
+
+        tests = retrieval_pvalues(features, text_features, texts, ks)
+        metrics.update({f"{'p_' if k[:3] in ('i2t', 't2i') else ''}{k}": v for k, v in tests.items()})
     quarantine = pd.concat([quarantine, unreadable], ignore_index=True)
     metrics.update({"n_quarantined": int(len(quarantine)), "split": split or "all", "sections": list(sections or [])})
     return metrics, quarantine

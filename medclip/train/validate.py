@@ -42,4 +42,9 @@ def validate(model, loader, device: torch.device, autocast, loss_fn, batch_size:
     out.update({f"val_{k}": float(v) for k, v in metrics.items() if k != "n"})
     for k in (1, 5, 10):
         out[f"val_chance_R@{k}"] = chance_recall(reports, k)
+    if len(img) > 2:  # permutation test against shuffled pairings (p-values and the null means)
+        from ..eval.significance import retrieval_pvalues
+
+        tests = retrieval_pvalues(img, txt, reports, max_work=2e8)
+        out.update({f"val_{'p_' if k[:3] in ('i2t', 't2i') else ''}{k}": v for k, v in tests.items()})
     return out
