@@ -122,14 +122,22 @@ def run(args) -> int:
     """Run one method or the grid; prints AUROC with its 95% CI."""
     from medclip.commands import checks
 
+    from .base import method_config
     from .cache import FeatureCache
     from .fewshot import RunOptions, load_table, run_fewshot, run_grid
 
     command = args.fewshot_command
     for shots in _ints(args.shots, "--shots"):
         checks.in_range("--shots", shots, 1)
-    for flag in ("epochs", "max_iters", "max_test", "n_bootstrap"):
+    for flag in ("epochs", "max_iters", "max_test", "n_bootstrap", "n_ctx"):
         checks.in_range(f"--{flag.replace('_', '-')}", getattr(args, flag, None), 1)
+    checks.in_range("--val-shots", args.val_shots, 0)
+    checks.in_range("--ratio", getattr(args, "ratio", None), 0, 1)
+    methods = [command] if command != GRID else \
+        [BASELINE, *(method_commands() if args.methods == "all" else [m.strip() for m in args.methods.split(",")])]
+    hparams = {m: method_hparams(args, m) for m in methods}
+    for m, values in hparams.items():  # every method option checked before any data or model is loaded
+        method_config(get_method_class(m).config_class, values, m)
     checks.device(args.device)
     checks.output_folder("--output", args.output)  # before any image is encoded
     checks.cache_folder(args.cache_dir or _default_cache_dir(), "image-feature")
@@ -140,7 +148,7 @@ def run(args) -> int:
                          max_test=args.max_test, progress=not args.no_progress, test_table=test_table,
                          val_shots=args.val_shots)
     if command != GRID:
-        options.hparams, options.split_csv = method_hparams(args, command), args.split_csv
+        options.hparams, options.split_csv = hparams[command], args.split_csv
         options.n_bootstrap = args.n_bootstrap if args.n_bootstrap is not None else 1000
         row = run_fewshot(command, model, task, table, args.shots, args.seed, args.output, options)
         chosen = " (the zero-shot classifier: it scored higher on validation)" \
@@ -150,11 +158,10 @@ def run(args) -> int:
               f"(threshold {row['threshold']:.2f}), ECE {row['ece']:.3f} on {row['n_test']} test images "
               f"-> {args.output}")
         return 0
-    methods = method_commands() if args.methods == "all" else [m.strip() for m in args.methods.split(",")]
-    shots, seeds = _ints(args.shots, "--shots"), _ints(args.seeds, "--seeds")
-    options.hparams = {m: method_hparams(args, m) for m in [BASELINE, *methods]}
+    options.hparams = hparams
     options.n_bootstrap = args.n_bootstrap if args.n_bootstrap is not None else 200
-    results = run_grid(methods, model, task, table, shots, seeds, args.output, options)
+    results = run_grid(methods[1:], model, task, table, _ints(args.shots, "--shots"), _ints(args.seeds, "--seeds"),
+                       args.output, options)
     print(f"{len(results)} runs -> {os.path.join(args.output, 'results.csv')}, summary.csv, fewshot_curve.png")
     return 0
 

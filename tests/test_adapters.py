@@ -222,3 +222,20 @@ def test_a_saved_state_that_does_not_fit_the_config_is_one_line(tiny_model, fram
     with pytest.raises(ma.base.ConfigError, match="does not fit this coop config") as info:
         ma.load_method(str(tmp_path / "coop"), tiny_model, cache=cache)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["clip-adapter", "--ratio", "1.5"], "--ratio must be in [0, 1], got 1.5"),
+    (["coop", "--val-shots", "-2"], "--val-shots must be in [0, inf], got -2"),
+    (["coop", "--set", "lr=abc"], "coop.lr must be float, got 'abc'"),  # before any shot is drawn
+    (["fewshot", "--methods", "probe,nope"], "unknown few-shot method 'nope'"),
+])
+def test_bad_values_are_one_line_before_any_data_is_read(tmp_path, capsys, argv, match):
+    from medclip.cli import main
+
+    classes = tmp_path / "c.yaml"
+    classes.write_text("classes:\n  normal: [normal lungs]\n  pneumonia: [pneumonia]\n")
+    code = main([*argv, "--model", "tiny-vit", "--manifest", str(tmp_path / "missing.csv"), "--classes", str(classes),
+                 "--output", str(tmp_path / "out"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and match in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
