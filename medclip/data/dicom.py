@@ -197,6 +197,23 @@ def _require_decoder(ds, path: str) -> None:
 
 
 def _grayscale_to_unit(ds, arr: np.ndarray, photometric: str, window_index: int) -> np.ndarray:
+    """Modality LUT, VOI window/LUT, [0, 1], MONOCHROME1 inversion. For a large integer image with a stored
+    window the chain (pointwise) runs once per distinct stored value and is gathered: the same float64 values,
+    ~10x faster than on every pixel of a 2544x3056 radiograph."""
+    if arr.dtype.kind in "ui" and arr.size > 1 << 16 and _has_voi(ds):
+        lo = int(arr.min())
+        offset = (arr.astype(np.int64) - lo if arr.dtype.kind == "i" else arr - lo).ravel()
+        if int(offset.max()) < 1 << 20:
+            present = np.flatnonzero(np.bincount(offset))
+            values = _gray_chain(ds, (present + lo).astype(arr.dtype), photometric, window_index)
+            if values.dtype.kind == "f" and np.isfinite(values).all():
+                table = np.zeros(int(present[-1]) + 1, dtype=values.dtype)
+                table[present] = values
+                return table[offset].reshape(arr.shape)
+    return _gray_chain(ds, arr, photometric, window_index)
+
+
+def _gray_chain(ds, arr: np.ndarray, photometric: str, window_index: int) -> np.ndarray:
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     arr = apply_modality_lut(arr, ds).astype(np.float64)
