@@ -5,7 +5,7 @@ The public API is listed here explicitly; everything else is internal.
 
 from .config import ModelConfig, TextConfig, VisionConfig
 from .errors import CheckpointError, ConfigError, DataError, MedclipError, MissingFileError
-from .factory import create_model, from_pretrained
+from .factory import create_model, create_model_and_transforms, from_pretrained
 from .interop import from_hf_clip, from_open_clip
 from .loss import clip_loss
 from .model import CLIP
@@ -28,6 +28,7 @@ __all__ = [
     "__version__",
     "clip_loss",
     "create_model",
+    "create_model_and_transforms",
     "from_hf_clip",
     "from_open_clip",
     "from_pretrained",

@@ -44,3 +44,34 @@ def from_pretrained(folder: str, map_location: str | torch.device = "cpu") -> CL
     """Load a model folder written by :meth:`CLIP.save_pretrained` (``config.json`` + ``model.safetensors``)."""
     return CLIP.from_pretrained(folder, map_location=map_location)
 
+
+
+def create_model_and_transforms(name_or_path: str | ModelConfig = "ViT-B-32", device: str | torch.device | None = None,
+                                resize: str = "pad", **overrides):
+    """Model, training transform and evaluation transform in one call (as open_clip's function of that name).
+
+    Args:
+        name_or_path: a registered architecture / YAML / ModelConfig (random init), or a model folder or
+            file in any format ``medclip convert`` reads (loaded exactly, eval mode).
+        device: where to put the model.
+        resize: ``pad`` (aspect-preserving, CheXzero) or ``crop`` (short side + center crop).
+        **overrides: config overrides for a registered architecture (see :func:`create_model`).
+
+    Returns:
+        ``(model, train_transform, eval_transform)``; the transforms take a file path, a PIL image, a NumPy
+        array or a tensor and return the normalised ``(C, H, W)`` tensor the model expects.
+    """
+    import os
+
+    from .data.transforms import build_image_transform
+
+    if isinstance(name_or_path, str) and os.path.exists(name_or_path):
+        from .interop.formats import load_model
+
+        model = load_model(name_or_path).model
+        model = model.to(device) if device is not None else model
+    else:
+        model = create_model(name_or_path, device=device, **overrides)
+    train = build_image_transform(model.config.vision, train=True, resize=resize)
+    evaluate = build_image_transform(model.config.vision, train=False, resize=resize)
+    return model, train, evaluate

@@ -40,6 +40,7 @@ from monai.transforms import (
 )
 
 from ..errors import DataError, MedclipError
+from .arrays import image_to_array, is_in_memory, source_dtype
 from .dicom import read_image
 from .guard import ImageLimits, resolve_limits
 from .stored import STORED_DTYPES, dequantize, quantize, stored_dtype
@@ -87,7 +88,10 @@ class LoadMedicalImaged(MapTransform):
     def __call__(self, data: dict) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
-            d[key] = to_channels(read_image(d[key], self.window_index, self.frame, self.limits), self.in_chans)
+            if is_in_memory(d[key]):  # a PIL image, array or tensor (see medclip.data.arrays)
+                d[key] = to_channels(image_to_array(d[key]), self.in_chans)
+            else:
+                d[key] = to_channels(read_image(d[key], self.window_index, self.frame, self.limits), self.in_chans)
         return d
 
 
@@ -214,8 +218,17 @@ class ImageTransform:
         logger.warning("preprocessing cache %s for %s is %s; recomputing it", cached, path, problem)
         return None
 
-    def __call__(self, path: str | os.PathLike) -> torch.Tensor:
-        return self.finish(self.prepare(path))
+    def __call__(self, image) -> torch.Tensor:
+        """A file path, or an in-memory PIL image / array / tensor (never cached) → ``(C, H, W)``."""
+        if is_in_memory(image):
+            with _one_thread():
+                try:
+                    arr = np.asarray(self.deterministic({"image": image})["image"], dtype=np.float32)
+                except Exception as exc:  # MONAI wraps errors: give the image's own one-line error
+                    raise _unwrap(exc) from None
+            dtype = source_dtype(image)  # stored like a file of the same bit depth would be
+            return self.finish(dequantize(quantize(arr, dtype)) if dtype else arr)
+        return self.finish(self.prepare(image))
 
     def finish(self, prepared: np.ndarray) -> torch.Tensor:
         """Augmentation (train only) and normalisation of a prepared (C, H, W) [0, 1] image (e.g. from a shard)."""
