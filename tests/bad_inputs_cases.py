@@ -130,7 +130,42 @@ def build_world(root: Path, model_dir: Path) -> SimpleNamespace:
     _model_variants(w)
     (root / "a_file.txt").write_text("not a folder")
     (root / "outdir").mkdir()
+    _run_folders(root)
+    _pickles(root)
     return w
+
+
+def _run_folders(root: Path) -> None:
+    """A used run folder (metrics.csv) and one locked by a live process (this one: PID 1 is always alive)."""
+    import socket
+
+    (root / "used_run").mkdir()
+    (root / "used_run" / "metrics.csv").write_text("step,loss\n1,0.5\n")
+    (root / "locked_run").mkdir()
+    (root / "locked_run" / "run.lock").write_text(json.dumps({"host": socket.gethostname(), "pid": 1,
+                                                              "started": "2026-01-01 00:00:00"}))
+
+
+class Evil:
+    """Unpickling this runs a shell command that leaves a marker file: a malicious checkpoint."""
+
+    marker = ""
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _pickles(root: Path) -> None:
+    import pickle
+
+    import torch
+
+    Evil.marker = str(root / "PWNED")
+    torch.save({"visual.proj": torch.zeros(2), "payload": Evil()}, root / "evil.pt")
+    with open(root / "evil.bin", "wb") as f:
+        pickle.dump({"payload": Evil()}, f)
 
 
 def _kinds_by_line(manifest: Path, kinds: list[str]) -> dict[int, str]:

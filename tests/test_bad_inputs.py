@@ -164,6 +164,16 @@ ERROR_CASES = {
                                                r"shape mismatch with its config.json.*refused before building"),
     "config.json not JSON": (ZS[:2] + ["{root}/model_notjson"] + ZS[3:], r"not valid JSON"),
     "truncated weights": (ZS[:2] + ["{root}/model_truncated"] + ZS[3:], r"corrupt or not safetensors"),
+    "pretrain into a used run folder": (["pretrain", "--recipe", "recipes/demo.yaml", "--output", "{root}/used_run"],
+                                        r"already holds a run.*--resume.*--overwrite"),
+    "pretrain into a folder a live run holds": (["pretrain", "--recipe", "recipes/demo.yaml", "--output",
+                                                 "{root}/locked_run"], r"in use by a running medclip process"),
+    "pretrain --resume --overwrite": (["pretrain", "--recipe", "recipes/demo.yaml", "--output", "{root}/used_run",
+                                       "--resume", "--overwrite"], r"exclude each other"),
+    "convert a malicious pickle (.pt)": (["convert", "{root}/evil.pt", "--output", "{root}/conv"],
+                                         r"weights_only=True.*not loaded"),
+    "convert a malicious pickle (.bin)": (["convert", "{root}/evil.bin", "--from", "open-clip", "--output",
+                                          "{root}/conv"], r"weights_only=True.*not loaded"),
     "label value 2": (ZS[:4] + ["{root}/label2.csv"] + ZS[5:] + ["--no-cache", "--bootstrap", "20"], r"label"),
 }
 ERROR_CASES_CUDA = {
@@ -197,6 +207,13 @@ def test_error_case_is_one_line(kind, world, capsys, monkeypatch):
         rc = main(argv)
         err = capsys.readouterr().err
     _assert_one_line_error(rc, err, command, pattern)
+
+
+def test_no_pickle_was_ever_run(world, capsys):
+    """After the table's malicious-pickle cases (run first or not), their payload has never executed."""
+    for name in ("evil.pt", "evil.bin"):
+        assert main(["convert", str(world.root / name), "--output", str(world.root / "conv2")]) == 2
+    assert not (world.root / "PWNED").exists()
 
 
 def test_unwritable_home_names_the_cache_and_the_variable(world, capsys, monkeypatch):

@@ -115,8 +115,11 @@ class DataConfig:
             raise ConfigError(f"data.val and data.test must be fractions summing below 1, got {self.val}, {self.test}")
         if self.window_index < 0 or self.frame < 0:
             raise ConfigError("data.window_index and data.frame must be >= 0")
-        if self.max_pixels is not None and self.max_pixels < 1 or self.min_size is not None and self.min_size < 1:
-            raise ConfigError(f"data.max_pixels and data.min_size must be >= 1, got {self.max_pixels}, {self.min_size}")
+        from ..config import check_int
+
+        for name in ("max_pixels", "min_size"):
+            if getattr(self, name) is not None:
+                check_int(f"data.{name}", getattr(self, name), 1, 2**48)
         if self.sections_missing not in ("whole", "quarantine"):
             raise ConfigError(f"data.sections_missing must be 'whole' or 'quarantine', got '{self.sections_missing}'")
 
