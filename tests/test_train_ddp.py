@@ -16,7 +16,6 @@ HERE = Path(__file__).resolve().parent
 
 
 @pytest.mark.slow  # ~50 s on 2 cores: 8 torchrun steps
-@pytest.mark.slow
 @pytest.mark.timeout(900)  # two training processes; minutes on a busy 2-core machine
 def test_two_process_gloo_equals_one_process_double_batch(tmp_path):
     sys.path.insert(0, str(HERE))
@@ -42,3 +41,25 @@ def test_two_process_gloo_equals_one_process_double_batch(tmp_path):
         for k in grads:
             err = (ddp[f"{prefix}.{k}"] - single[k]).norm() / torch.maximum(single[k].norm(), 1e-3 * total)
             assert err < 1e-5, f"{prefix} {k}: relative error {err:.2e}"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_validation_sharded_over_two_processes_equals_one_process(tmp_path):
+    """Each rank encodes a slice of 11 pairs (6 + 5); the gathered metrics equal a single process's."""
+    import json
+
+    sys.path.insert(0, str(HERE))
+    from val_ddp_worker import metrics
+
+    single, _ = metrics()
+    out = tmp_path / "val.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                           "--master-port", "29533", str(HERE / "val_ddp_worker.py"), str(out)],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sharded = json.loads(out.read_text())
+    assert sharded.keys() == single.keys() and single["val_n"] == sharded["val_n"] == 11
+    for key, value in single.items():
+        assert sharded[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key

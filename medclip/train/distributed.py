@@ -67,6 +67,28 @@ def cleanup_distributed() -> None:
         dist.destroy_process_group()
 
 
+def rank_and_world() -> tuple[int, int]:
+    """``(rank, world_size)`` of the joined process group, ``(0, 1)`` without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather_rows(t: torch.Tensor) -> torch.Tensor:
+    """Concatenate every process's ``(n_r, ...)`` tensor in rank order (the ``n_r`` may differ); no autograd."""
+    rank, world = rank_and_world()
+    if world == 1:
+        return t
+    sizes = [torch.zeros(1, dtype=torch.long, device=t.device) for _ in range(world)]
+    dist.all_gather(sizes, torch.tensor([t.shape[0]], device=t.device))
+    longest = int(max(s.item() for s in sizes))
+    padded = torch.zeros((longest, *t.shape[1:]), dtype=t.dtype, device=t.device)
+    padded[:t.shape[0]] = t
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded.contiguous())
+    return torch.cat([p[:int(s.item())] for p, s in zip(parts, sizes)])
+
+
 def barrier() -> None:
     """Wait for all processes (no-op in a single process)."""
     if dist.is_available() and dist.is_initialized():

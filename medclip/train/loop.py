@@ -145,16 +145,19 @@ class Run:
         return loss
 
     def validate(self) -> None:
-        """Validation metrics on rank 0 (logged), ``best/`` when the validation loss improves."""
-        if self.info.is_main and self.val_loader is not None:
+        """Validation metrics (every process encodes a slice); rank 0 logs them and writes ``best/`` when the
+        validation loss improves."""
+        if self.val_loader is not None:
             self.ensure_finite("best/")
             autocast = partial(autocast_context, self.device, self.precision)
             self.metrics = validate(self.core, self.val_loader, self.device, autocast, get_loss(self.cfg.loss),
                                     self.cfg.batch_size)
-            self.logger.log({"step": self.step, "epoch": self.epoch, **self.metrics})
-            if self.best_val_loss is None or self.metrics["val_loss"] < self.best_val_loss:
-                self.best_val_loss = self.metrics["val_loss"]
-                save_model_atomic(self.core, self.run_dir / "best", extra=self._model_extra())
+            improved = self.best_val_loss is None or self.metrics["val_loss"] < self.best_val_loss
+            self.best_val_loss = self.metrics["val_loss"] if improved else self.best_val_loss
+            if self.info.is_main:
+                self.logger.log({"step": self.step, "epoch": self.epoch, **self.metrics})
+                if improved:
+                    save_model_atomic(self.core, self.run_dir / "best", extra=self._model_extra())
             set_train_mode(self.core, self.cfg)
         barrier()
 
