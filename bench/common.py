@@ -112,8 +112,9 @@ def vision_forward_flops(tower: torch.nn.Module, image_size: int, in_chans: int 
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
+    device = next(tower.parameters()).device
     with counter, torch.no_grad():
-        tower(torch.randn(1, in_chans, image_size, image_size))
+        tower(torch.randn(1, in_chans, image_size, image_size, device=device))
     return float(counter.get_total_flops())
 
 

@@ -127,31 +127,30 @@ class CausalSelfAttention(nn.Module):
         self.v_proj = nn.Linear(width, width)
         self.out_proj = nn.Linear(width, width)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, length, width = x.shape
-        shape = (batch, length, self.heads, width // self.heads)
-        q, k, v = (proj(x).view(shape).transpose(1, 2) for proj in (self.q_proj, self.k_proj, self.v_proj))
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.out_proj(out.transpose(1, 2).reshape(batch, length, width))
+    def forward(self, x: torch.Tensor, packing: Packing, last: bool = False) -> torch.Tensor:
+        """Attention over packed real tokens ``(T, W)``: projections on ``T`` rows, attention on the grid.
 
-    def forward_packed(self, x: torch.Tensor, packing: Packing) -> torch.Tensor:
-        """:meth:`forward` on packed real tokens ``(T, W)``: projections on ``T`` rows, attention on the grid."""
-        q, k, v = (packing.to_grid(proj(x), self.heads) for proj in (self.q_proj, self.k_proj, self.v_proj))
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.out_proj(packing.from_grid(out))
-
-    def forward_packed_last(self, x: torch.Tensor, packing: Packing) -> torch.Tensor:
-        """The attention output ``(B, W)`` at each EOS only, from packed real tokens ``(T, W)``.
-
-        Equal to ``forward_packed(x, packing)[packing.ends]`` — the causal mask becomes a key mask
-        ``position <= eos`` — while computing one query per sequence instead of one per token.
+        Returns ``(T, W)``, or with ``last`` only the ``(B, W)`` rows at each EOS: the causal mask becomes a
+        key mask ``position <= eos`` and one query per sequence is computed instead of one per token.
         """
+        if not last:
+            q, k, v = (packing.to_grid(proj(x), self.heads) for proj in (self.q_proj, self.k_proj, self.v_proj))
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            return self.out_proj(packing.from_grid(out))
         batch, width = packing.ends.shape[0], x.shape[1]
         q = self.q_proj(x[packing.ends]).view(batch, self.heads, 1, width // self.heads)
         k, v = (packing.to_grid(proj(x), self.heads) for proj in (self.k_proj, self.v_proj))
         keep = torch.arange(packing.length, device=x.device) <= packing.eos[:, None]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :])
         return self.out_proj(out.reshape(batch, width))
+
+    def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
+        """Plain causal attention over a padded batch ``(B, L, W)`` (every position)."""
+        batch, length, width = x.shape
+        shape = (batch, length, self.heads, width // self.heads)
+        q, k, v = (proj(x).view(shape).transpose(1, 2) for proj in (self.q_proj, self.k_proj, self.v_proj))
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.out_proj(out.transpose(1, 2).reshape(batch, length, width))
 
 
 class ResidualBlock(nn.Module):
@@ -168,19 +167,19 @@ class ResidualBlock(nn.Module):
         self.mlp.add_module("act", make_activation(act))
         self.mlp.add_module("c_proj", nn.Linear(hidden, width))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
-        return x + self.mlp(self.ln_2(x))
-
-    def forward_packed(self, x: torch.Tensor, packing: Packing) -> torch.Tensor:
-        """:meth:`forward` on packed real tokens ``(T, W)``."""
-        x = x + self.attn.forward_packed(self.ln_1(x), packing)
-        return x + self.mlp(self.ln_2(x))
-
-    def forward_packed_last(self, x: torch.Tensor, packing: Packing) -> torch.Tensor:
-        """The block's output ``(B, W)`` at the EOS positions only (what EOS pooling reads after the last block)."""
-        x_eos = x[packing.ends] + self.attn.forward_packed_last(self.ln_1(x), packing)
+    def forward(self, x: torch.Tensor, packing: Packing, last: bool = False) -> torch.Tensor:
+        """The block on packed real tokens ``(T, W)``; with ``last`` only its ``(B, W)`` output at each EOS
+        (all that EOS pooling reads after the last block)."""
+        if not last:
+            x = x + self.attn(self.ln_1(x), packing)
+            return x + self.mlp(self.ln_2(x))
+        x_eos = x[packing.ends] + self.attn(self.ln_1(x), packing, last=True)
         return x_eos + self.mlp(self.ln_2(x_eos))
+
+    def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
+        """The block on a padded batch ``(B, L, W)``, every position."""
+        x = x + self.attn.forward_reference(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
 
 
 class CLIPTextTransformer(nn.Module):
@@ -251,7 +250,7 @@ class CLIPTextTransformer(nn.Module):
         eos = text.argmax(dim=-1)
         x = self.token_embedding(text) + self.positional_embedding[: text.shape[1]]
         for block in self.blocks:
-            x = block(x)
+            x = block.forward_reference(x)
         x = self.ln_final(x)
         return self.text_projection(x[torch.arange(x.shape[0], device=x.device), eos])
 
@@ -261,9 +260,18 @@ class CLIPTextTransformer(nn.Module):
         x = packing.pack(x)
         ckpt = self.grad_checkpointing and torch.is_grad_enabled()
         for index, block in enumerate(self.blocks):
-            fn = block.forward_packed_last if index == len(self.blocks) - 1 else block.forward_packed
-            x = checkpoint(fn, x, packing, use_reentrant=False) if ckpt else fn(x, packing)
+            last = index == len(self.blocks) - 1
+            x = checkpoint(block, x, packing, last, use_reentrant=False) if ckpt else block(x, packing, last)
         return self.text_projection(self.ln_final(x))
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
+
+    def compile_blocks(self, **kwargs) -> None:
+        """``torch.compile`` each block in place with dynamic shapes (``train.compile``).
+
+        The packing (a data-dependent ``nonzero``) stays eager, so a batch with other report lengths
+        reuses the compiled blocks instead of recompiling (``kwargs`` go to ``nn.Module.compile``).
+        """
+        for block in self.blocks:
+            block.compile(dynamic=True, **kwargs)

@@ -58,11 +58,11 @@ def test_eos_only_attention_equals_full_causal_attention_at_eos():
     attn = CausalSelfAttention(32, 4)
     x = torch.randn(5, 9, 32)
     eos = torch.tensor([8, 0, 3, 5, 8])
-    full = attn(x)[torch.arange(5), eos]
+    full = attn.forward_reference(x)[torch.arange(5), eos]
     packing = Packing.from_eos(eos, 9)
     packed = packing.pack(x)
-    assert torch.allclose(attn.forward_packed_last(packed, packing), full, atol=1e-6)
-    assert torch.allclose(attn.forward_packed(packed, packing)[packing.ends], full, atol=1e-6)
+    assert torch.allclose(attn(packed, packing, last=True), full, atol=1e-6)
+    assert torch.allclose(attn(packed, packing)[packing.ends], full, atol=1e-6)
 
 
 def test_packing_round_trip_and_positions():

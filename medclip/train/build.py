@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..errors import ConfigError, DataError
+from .accel import accelerate_model, pin_memory
 from .distributed import DistInfo, SeededSamples, ShardedBatchSampler, mixed_seed
 
 logger = logging.getLogger("medclip.train")
@@ -75,6 +76,7 @@ def build_model(recipe, info: DistInfo):
         model.visual.head.requires_grad_(True)
     if cfg.grad_checkpointing:
         model.set_grad_checkpointing(True)
+    accelerate_model(model, cfg.channels_last, cfg.compile)
     set_train_mode(model, cfg)
     if info.world_size == 1:
         return model, model
@@ -154,4 +156,4 @@ def train_loader(dataset, sampler: ShardedBatchSampler, recipe, epoch: int, star
     generator = torch.Generator().manual_seed(mixed_seed(recipe.train.seed, epoch))  # worker base seeds
     samples = SeededSamples(dataset, recipe.train.seed, epoch)
     return DataLoader(samples, batch_sampler=sampler, num_workers=recipe.data.num_workers, generator=generator,
-                      pin_memory=device.type == "cuda")
+                      pin_memory=pin_memory(device))

@@ -80,6 +80,11 @@ class TrainConfig:
         max_minutes: stop cleanly (with a checkpoint) after this much training time.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
         allow_slow_bf16: allow ``bf16`` on a CPU without native bf16 (hundreds of times slower).
+        compile: ``torch.compile`` both towers (the text tower's blocks with dynamic shapes, so batches of
+            other report lengths do not recompile); see :mod:`medclip.train.accel`.
+        channels_last: NHWC memory layout for a CNN image tower (faster convolutions on CUDA).
+        tf32: allow TF32 in CUDA float32 matmuls/convolutions (off: exact fp32, parity with the CPU).
+        deterministic: deterministic algorithms and ``CUBLAS_WORKSPACE_CONFIG`` (exact resume on CUDA).
         threads: CPU threads for torch (None: torch's default). Tiny models on a small or busy CPU run
             faster with 1.
     """
@@ -120,6 +125,10 @@ class TrainConfig:
     device: str = "auto"
     allow_slow_bf16: bool = False
     threads: int | None = None
+    compile: bool = False
+    channels_last: bool = False
+    tf32: bool = False
+    deterministic: bool = False
 
     def __post_init__(self):
         for name in ("lr", "weight_decay", "eps", "clip_grad", "max_minutes"):  # YAML reads 3e-4 as a string

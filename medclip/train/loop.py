@@ -21,6 +21,7 @@ import yaml
 from ..errors import MedclipError
 from ..loss import gather_features, get_loss
 from ..version import __version__
+from .accel import configure_backends, to_device
 from .build import autocast_context, build_data, build_model, resolve_precision, seed_everything, set_train_mode
 from .build import train_loader as make_loader
 from .checkpoint import list_checkpoints, load_newest_good, nonfinite_tensors, save_checkpoint, save_model_atomic
@@ -40,8 +41,7 @@ class TrainingDiverged(MedclipError):
 def forward_backward(model, batch: dict, cfg, device, precision: str, scaler, loss_divisor: float = 1.0,
                      sync: bool = True) -> float:
     """Loss of one micro-batch over the global batch; gradients accumulate into ``.grad``."""
-    images = batch["image"].to(device, non_blocking=True)
-    texts = batch["text"].to(device, non_blocking=True)
+    images, texts = to_device(batch, device)
     loss_fn = get_loss(cfg.loss)
     if cfg.gradcache_chunk:
         autocast = partial(autocast_context, device, precision)
@@ -226,6 +226,7 @@ def train(recipe, output: str, resume: bool = False, max_steps: int | None = Non
     """
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
+    configure_backends(recipe.train.deterministic, recipe.train.tf32)  # before CUDA starts
     info, run_dir, lock = init_distributed(recipe.train.device), Path(output), None
     try:
         if info.is_main:

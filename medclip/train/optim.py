@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from .accel import fused_adamw
+
 
 def exclude_from_decay(name: str, param: nn.Parameter, decay_embeddings: bool = False) -> bool:
     """open_clip's rule: no decay on 1-D parameters (biases, norm weights, ``logit_scale``, ...).
@@ -45,8 +47,7 @@ def build_optimizer(model: nn.Module, cfg) -> torch.optim.AdamW:
     """AdamW over ``param_groups`` with the betas/eps/lr of a :class:`~medclip.train.config.TrainConfig`."""
     groups = param_groups(model, cfg.weight_decay, cfg.decay_embeddings,
                           {"visual": getattr(cfg, "lr_image", None), "text": getattr(cfg, "lr_text", None)})
-    fused = next(model.parameters()).is_cuda
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused or None)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused_adamw(model))
 
 
 def cosine_lambda(warmup: int, total_steps: int):
