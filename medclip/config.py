@@ -362,3 +362,35 @@ def check_weights_match(model_cls, config: ModelConfig, weights_path: str) -> No
         shapes = "; ".join(f"{k} {list(header[k])} in the file vs {list(expected[k])} by the config" for k in wrong[:3])
         raise CheckpointError(f"{weights_path}: shape mismatch with its config.json in {len(wrong)} tensor(s): "
                               f"{shapes} (refused before building the model)")
+
+
+# size keys of foreign configs (HF text_config/vision_config, open_clip model_cfg/text_cfg/vision_cfg)
+FOREIGN_SIZES = {"num_hidden_layers": (1, 256), "num_attention_heads": (1, 256), "hidden_size": (1, 16384),
+                 "intermediate_size": (1, 65536), "vocab_size": (1, 1_000_000), "max_position_embeddings": (1, 65536),
+                 "image_size": (8, MAX_IMAGE_SIDE), "patch_size": (1, 1024), "projection_dim": (1, 16384),
+                 "embed_dim": (1, 16384), "width": (1, 16384), "heads": (1, 256), "context_length": (1, 65536),
+                 "num_channels": (1, 3)}
+
+
+def check_foreign_config(data: dict, where: str) -> None:
+    """Range-check the sizes of a config a converter reads (HF ``config.json``, open_clip ``model_cfg``)
+    before any library parses it or allocates from it: integers in sane ranges (``layers`` may also be
+    a list of per-stage depths, as open_clip's ResNets).
+
+    Args:
+        data: the parsed JSON mapping; nested mappings (``text_config``, ``vision_cfg``, ...) are checked too.
+        where: the file, for the message.
+
+    Raises:
+        ConfigError: one line naming the file, the key and the allowed range.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a JSON mapping, got {type(data).__name__}")
+    for key, value in data.items():
+        if isinstance(value, dict):
+            check_foreign_config(value, f"{where}:{key}")
+        elif key in FOREIGN_SIZES and value is not None:
+            check_int(f"{where}: {key}", value, *FOREIGN_SIZES[key])
+        elif key == "layers" and value is not None:
+            for depth in value if isinstance(value, list) else [value]:
+                check_int(f"{where}: layers", depth, 1, 256)

@@ -132,7 +132,29 @@ def build_world(root: Path, model_dir: Path) -> SimpleNamespace:
     (root / "outdir").mkdir()
     _run_folders(root)
     _pickles(root)
+    _foreign_configs(root)
     return w
+
+
+def _foreign_configs(root: Path) -> None:
+    """Hostile configs of the formats ``medclip convert`` reads (no weights needed: refused before)."""
+    text = {"vocab_size": 100, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 2}
+    vision = {"hidden_size": 48, "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 3,
+              "image_size": 32, "patch_size": 8}
+    for name, part, key, value in [("layers", "text_config", "num_hidden_layers", 1e9),
+                                   ("heads", "text_config", "num_attention_heads", 0),
+                                   ("vocab", "text_config", "vocab_size", 10_000_000),
+                                   ("vlayers", "vision_config", "num_hidden_layers", 10**9)]:
+        config = {"model_type": "clip", "projection_dim": 16, "text_config": dict(text),
+                  "vision_config": dict(vision)}
+        config[part][key] = value
+        (root / f"hf_{name}").mkdir()
+        (root / f"hf_{name}" / "config.json").write_text(json.dumps(config))
+    (root / "hub_layers").mkdir()
+    (root / "hub_layers" / "open_clip_config.json").write_text(json.dumps({"model_cfg": {
+        "embed_dim": 16, "vision_cfg": {"layers": 1e9, "width": 64, "patch_size": 8, "image_size": 32},
+        "text_cfg": {"context_length": 77, "vocab_size": 100, "width": 32, "heads": 2, "layers": 2}}}))
 
 
 def _run_folders(root: Path) -> None:

@@ -174,6 +174,16 @@ ERROR_CASES = {
                                          r"weights_only=True.*not loaded"),
     "convert a malicious pickle (.bin)": (["convert", "{root}/evil.bin", "--from", "open-clip", "--output",
                                           "{root}/conv"], r"weights_only=True.*not loaded"),
+    "convert: HF config.json num_hidden_layers 1e9": (["convert", "{root}/hf_layers", "--output", "{root}/c1"],
+                                                      r"num_hidden_layers must be an integer in \[1, 256\]"),
+    "convert: HF config.json num_attention_heads 0": (["convert", "{root}/hf_heads", "--output", "{root}/c2"],
+                                                      r"num_attention_heads must be in \[1, 256\], got 0"),
+    "convert: HF config.json vocab_size 1e7": (["convert", "{root}/hf_vocab", "--output", "{root}/c3"],
+                                               r"vocab_size must be in"),
+    "convert: HF vision num_hidden_layers 1e9": (["convert", "{root}/hf_vlayers", "--output", "{root}/c4"],
+                                                 r"vision_config: num_hidden_layers must be in"),
+    "convert: open_clip hub layers 1e9": (["convert", "{root}/hub_layers", "--output", "{root}/c5"],
+                                          r"layers must be an integer"),
     "label value 2": (ZS[:4] + ["{root}/label2.csv"] + ZS[5:] + ["--no-cache", "--bootstrap", "20"], r"label"),
 }
 ERROR_CASES_CUDA = {

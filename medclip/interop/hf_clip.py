@@ -48,8 +48,12 @@ def config_from_hf_clip(folder: str) -> dict:
     """Our nested config dict for the HF ``CLIPModel`` in ``folder``."""
     from transformers import AutoConfig
 
+    from ..config import check_foreign_config
+
     with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
-        model_type = json.load(f).get("model_type")
+        raw = json.load(f)
+    check_foreign_config(raw, os.path.join(folder, "config.json"))  # before transformers parses or allocates
+    model_type = raw.get("model_type")
     if model_type != "clip":
         raise ConfigError(f"{folder}: model_type '{model_type}' is not a CLIPModel (only 'clip' is supported)")
     hf = AutoConfig.from_pretrained(folder, local_files_only=True)

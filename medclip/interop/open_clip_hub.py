@@ -43,6 +43,9 @@ def read_hub_config(folder: str) -> dict:
         raise ConfigError(f"{path}: not valid JSON ({exc}); re-download or re-save the folder") from None
     if not isinstance(data, dict) or not isinstance(data.get("model_cfg"), dict):
         raise ConfigError(f"{path}: no 'model_cfg' mapping (not an open_clip hub config)")
+    from ..config import check_foreign_config
+
+    check_foreign_config(data["model_cfg"], path)
     return data
 
 

@@ -41,8 +41,14 @@ def from_hf_siglip(folder: str) -> tuple:
     Raises:
         ConfigError: settings medclip cannot reproduce (named); CheckpointError: tensors that do not fit.
     """
+    import json
+
     from transformers import AutoConfig
 
+    from ..config import check_foreign_config
+
+    with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
+        check_foreign_config(json.load(f), os.path.join(folder, "config.json"))  # before transformers parses it
     hf = AutoConfig.from_pretrained(folder, local_files_only=True)
     v, t = hf.vision_config, hf.text_config
     for part, where in ((v, "vision_config"), (t, "text_config")):
