@@ -231,3 +231,28 @@ def test_unwritable_home_names_the_cache_and_the_variable(world, capsys, monkeyp
     monkeypatch.setenv("HOME", "/proc/no_home")
     rc = main(_fill(ZS, world))
     _assert_one_line_error(rc, capsys.readouterr().err, "zeroshot", r"prompt-embedding cache .*MEDCLIP_CACHE_DIR")
+
+
+@pytest.mark.parametrize("values", [("NORMAL", "PNEUMONIA"), ("0", "1"), ("no", "yes"), ("false", "true")])
+def test_label_values_are_mapped_never_silently_dropped(values, world, capsys):
+    """0/1, yes/no, true/false labels with a NORMAL/PNEUMONIA class file: every image is evaluated
+    (issue 14 saw "0 evaluated" and exit 0), or the command stops with one line naming the column."""
+    import json
+
+    table = pd.read_csv(world.root / "good.csv").assign(label=list(values) * (N_GOOD // 2))
+    path = world.root / f"labels_{values[0]}.csv"
+    table.to_csv(path, index=False)
+    out = world.root / f"out_labels_{values[0]}"
+    rc = main(_fill(ZS[:4], world) + [str(path)] + _fill(ZS[5:], world) + ["--output", str(out), "--no-cache",
+                                                                          "--bootstrap", "20"])
+    if rc == 0:
+        assert json.loads((out / "metrics.json").read_text())["n_evaluated"] == N_GOOD
+    else:
+        _assert_one_line_error(rc, capsys.readouterr().err, "zeroshot", r"label")
+
+
+@pytest.mark.parametrize("variable", ["MEDCLIP_MAX_PIXELS", "MEDCLIP_MIN_IMAGE_SIZE"])
+def test_bad_limit_variable_is_one_error_not_one_per_image(variable, world, capsys, monkeypatch):
+    monkeypatch.setenv(variable, "lots")
+    rc = main(["data", "check", str(world.root / "good.csv"), "--output", str(world.root / "env_check")])
+    _assert_one_line_error(rc, capsys.readouterr().err, "data", rf"{variable}='lots' is not a number")

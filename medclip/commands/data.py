@@ -56,10 +56,12 @@ def _sections(text: str) -> list[str] | None:
 
 
 def _check(args) -> int:
+    from ..data.guard import resolve_limits
     from ..data.manifest import check_manifest, load_manifest, phi_tag_counts, summarize, write_quarantine
     from ..data.splits import check_splits
     from .checks import output_folder
 
+    resolve_limits()  # a bad MEDCLIP_MAX_PIXELS / MEDCLIP_MIN_IMAGE_SIZE is one error, not one per image
     df = load_manifest(args.manifest, _columns(args.column))
     out_dir = Path(args.output) if args.output else Path(args.manifest).resolve().parent
     output_folder("--output" if args.output else "--output (default: the manifest's folder)", str(out_dir))

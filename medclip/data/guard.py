@@ -22,7 +22,7 @@ import struct
 import warnings
 from dataclasses import dataclass, field
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 
 logger = logging.getLogger("medclip.data")
 
@@ -38,7 +38,8 @@ def _env_int(name: str, default: int) -> int:
     try:
         return int(float(value))
     except ValueError:
-        raise DataError(f"environment variable {name}={value!r} is not a number; unset it or give an integer") from None
+        raise ConfigError(f"environment variable {name}={value!r} is not a number; unset it or give an integer") \
+            from None
 
 
 @dataclass(frozen=True)
