@@ -29,7 +29,9 @@ from medclip.eval.prompts import encode_prompt_sets
 from .base import FewShotMethod, register_method
 from .loop import Schedule, optimise
 
-TEXT_TARGETS = {"clip": r"text\.blocks\.\d+\.attn\.(q_proj|k_proj|v_proj)", "hf": r"text\..*\.(query|key|value)"}
+# HF text towers: BERT-style query/key/value, SigLIP's self_attn.q_proj/k_proj/v_proj
+TEXT_TARGETS = {"clip": r"text\.blocks\.\d+\.attn\.(q_proj|k_proj|v_proj)",
+                "hf": r"text\..*\.(query|key|value|self_attn\.q_proj|self_attn\.k_proj|self_attn\.v_proj)"}
 VISION_TARGETS = {"vit": r"visual\.trunk\.blocks\.\d+\.attn\.qkv"}
 
 

@@ -88,8 +88,21 @@ class HFTextTower(nn.Module):
         The encoder adds its own position (and token-type) embeddings, so ``embeds`` are raw word
         embeddings, e.g. ``token_embedding(ids)`` with CoOp's context vectors spliced in.
         """
+        if self._is_siglip():
+            return self.text_projection(self._siglip_from_embeds(embeds))
         out = self.model(inputs_embeds=embeds, attention_mask=attention_mask.long())
         return self.text_projection(self.pool(out, attention_mask.bool()))
+
+    def _is_siglip(self) -> bool:
+        return getattr(self.model.config, "model_type", "") == "siglip_text_model"
+
+    def _siglip_from_embeds(self, embeds: torch.Tensor) -> torch.Tensor:
+        """SigLIP's text forward from word embeddings (``SiglipTextModel`` takes only ids): positions, the
+        bidirectional encoder without a mask (as trained), final norm, head on the last position."""
+        text = getattr(self.model, "text_model", self.model)
+        hidden = text.embeddings(inputs_embeds=embeds)
+        hidden = text.encoder(inputs_embeds=hidden).last_hidden_state
+        return text.head(text.final_layer_norm(hidden)[:, -1])
 
     def pool(self, out, mask: torch.Tensor) -> torch.Tensor:
         """Encoder output → ``(B, width)``: the first (CLS) token, the mean over real tokens, or the

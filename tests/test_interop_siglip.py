@@ -65,6 +65,10 @@ def test_siglip_folder_matches_transformers(tmp_path, monkeypatch):
         assert ref_img.abs().mean() > 1e-2 and ref_txt.abs().mean() > 1e-2
         torch.testing.assert_close(img, ref_img, rtol=0, atol=TOL)
         torch.testing.assert_close(txt, ref_txt, rtol=0, atol=TOL)
+        # CoOp's path (word embeddings in) gives the same text embedding as the ids
+        embeds = ours.text.token_embedding(ids)
+        from_embeds = ours.encode_text_embeds(embeds, torch.ones_like(ids), normalize=False)
+        torch.testing.assert_close(from_embeds, ref_txt, rtol=0, atol=TOL)
         ref_logits = reference(input_ids=ids, pixel_values=image).logits_per_image
         out = ours(image, ids)
         logits = out["logit_scale"] * out["image_features"] @ out["text_features"].T + out["logit_bias"]

@@ -1,0 +1,73 @@
+"""Every converted zoo model (tiny replicas: BiomedCLIP layout, SigLIP) works downstream: zero-shot and all
+five adapters fit, predict and reload; ``medclip retrieve`` runs on it."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import medclip_adapters as ma
+import numpy as np
+import pandas as pd
+import pytest
+
+from medclip.cli import main
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from test_adapters import CASES, make_task, write_images  # noqa: E402
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
+
+
+@pytest.fixture(scope="module")
+def frames(tmp_path_factory):
+    """train / val / test frames of 16 two-class images (as tests/test_adapters.py)."""
+    paths = write_images(tmp_path_factory.mktemp("images"), 16)
+    df = pd.DataFrame({"image": paths, "label": np.arange(16) % 2, "patient_id": [f"p{i}" for i in range(16)]})
+    return {"train": df.iloc[:8].reset_index(drop=True), "val": df.iloc[8:12].reset_index(drop=True),
+            "test": df.iloc[12:].reset_index(drop=True)}
+
+
+@pytest.fixture(scope="module", params=["biomedclip", "siglip"])
+def converted(request, tmp_path_factory):
+    import medclip
+
+    tmp = tmp_path_factory.mktemp(request.param)
+    if request.param == "biomedclip":
+        from test_interop_zoo import _biomedclip_replica
+
+        source = _biomedclip_replica(tmp)[0]
+    else:
+        from test_interop_siglip import _siglip_folder
+
+        source = _siglip_folder(tmp)[0]
+    assert main(["convert", str(source), "--output", str(tmp / "model")]) == 0
+    return tmp / "model", medclip.from_pretrained(str(tmp / "model")).eval()
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_adapters_on_converted_models(converted, name, frames, tmp_path):
+    _, model = converted
+    task = make_task("single")
+    method = ma.create_method(name, model, task, cache=ma.FeatureCache(), seed=3, **CASES[name])
+    method.fit(frames["train"], frames["val"])
+    probs = method.predict_proba(frames["test"])
+    assert probs.shape == (len(frames["test"]), 2) and np.isfinite(probs).all()
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-6)
+    method.save(str(tmp_path / "adapter"))
+    reloaded = ma.load_method(str(tmp_path / "adapter"), model, cache=ma.FeatureCache())
+    np.testing.assert_allclose(reloaded.predict_proba(frames["test"]), probs, atol=1e-6)
+
+
+def test_retrieve_on_converted_models(converted, frames, tmp_path):
+    folder, _ = converted
+    table = pd.concat([frames["train"], frames["val"]])
+    reports = ["small left pleural effusion", "the heart is enlarged", "no acute process", "right lower lobe opacity"]
+    table = table.assign(report=[reports[i % 4] for i in range(len(table))])
+    table[["image", "report", "patient_id"]].to_csv(tmp_path / "m.csv", index=False)
+    assert main(["retrieve", "--model", str(folder), "--manifest", str(tmp_path / "m.csv"),
+                 "--output", str(tmp_path / "out")]) == 0
+    metrics = json.loads((tmp_path / "out" / "retrieval.json").read_text())
+    assert metrics["n"] == len(table) and 0 <= metrics["i2t_R@1"] <= 1
