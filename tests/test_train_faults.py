@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -29,9 +30,9 @@ from medclip.train.loop import TrainingDiverged, train
 from medclip.train.optim import build_optimizer, build_scheduler, cosine_lambda
 from medclip.train.rundir import LOCK_NAME, RunFolderError
 
-# 46 training pairs / batch 8 = 5 steps per epoch; the shared run stops at step 4 (--max-steps) with
-# checkpoints at steps 2 and 4.
-SPEC = {"epochs": 1, "checkpoint_every": 2, "keep_last_k": 3, "eval_every": 0, "log_every": 1}
+# 30 training pairs of the demo corpus fixture / batch 6 = 5 steps per epoch; the shared run stops at step 4
+# (--max-steps) with checkpoints at steps 2 and 4.
+SPEC = {"batch_size": 6, "epochs": 1, "checkpoint_every": 2, "keep_last_k": 3, "eval_every": 0, "log_every": 1}
 
 
 def _recipe(demo_corpus, **train_overrides):
@@ -40,6 +41,7 @@ def _recipe(demo_corpus, **train_overrides):
 
 @pytest.fixture(scope="module")
 def short_run(demo_corpus, tmp_path_factory) -> Path:
+    assert len(pd.read_csv(demo_corpus).query("split == 'train'")) // SPEC["batch_size"] == 5
     run = tmp_path_factory.mktemp("faults") / "run"
     result = train(_recipe(demo_corpus), str(run), max_steps=4)
     assert result["step"] == 4 and result["planned_steps"] == 5 and result["stopped_by"] == "steps"

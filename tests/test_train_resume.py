@@ -23,10 +23,10 @@ import yaml
 from conftest import demo_recipe_dict
 from safetensors.torch import load_file
 
-# 46 training pairs / batch 8 = 5 steps per epoch; 4 epochs = 20 steps. Step checkpoints every 4 steps
-# (plus one at each epoch end), so the kill lands after step 8 = the 3rd batch of epoch 2: the resume must
-# restore the data position inside an epoch, the augmentation draws (made in DataLoader workers), the
-# optimizer and the schedule.
+# 30 training pairs of the demo corpus fixture / batch 6 = 5 steps per epoch; 4 epochs = 20 steps. Step
+# checkpoints every 4 steps (plus one at each epoch end), so the kill lands after step 8 = the 3rd batch of
+# epoch 2: the resume must restore the data position inside an epoch, the augmentation draws (made in
+# DataLoader workers), the optimizer and the schedule.
 EPOCHS, STEPS_PER_EPOCH, KILL_AFTER = 4, 5, 8
 
 
@@ -49,8 +49,8 @@ def _rows(run: Path) -> list[list[str]]:
 @pytest.mark.timeout(900)  # two training processes; minutes on a busy 2-core machine
 def test_kill_and_resume_is_bit_identical(demo_corpus, tmp_path):
     recipe = tmp_path / "recipe.yaml"
-    spec = demo_recipe_dict(demo_corpus, epochs=EPOCHS, checkpoint_every=4, keep_last_k=2, log_every=1, eval_every=2,
-                            warmup=3)
+    spec = demo_recipe_dict(demo_corpus, batch_size=6, epochs=EPOCHS, checkpoint_every=4, keep_last_k=2, log_every=1,
+                            eval_every=2, warmup=3)
     spec["data"]["num_workers"] = 1  # augmentation happens in a worker process, ahead of the training step
     recipe.write_text(yaml.safe_dump(spec))
     straight, killed = tmp_path / "straight", tmp_path / "killed"

@@ -34,6 +34,8 @@ class TrainConfig:
         seed: seed of model init, shuffling, augmentation and dropout.
         epochs: passes over the training split.
         max_steps: stop after this many optimizer steps (overrides ``epochs`` when smaller).
+        max_samples: the same budget in training pairs (``ceil(max_samples / global batch)`` steps), so a
+            recipe plans the same amount of data on any number of processes.
         batch_size: per-process training batch. The global batch (the negatives of the loss) is
             ``batch_size × processes``. Validation and encoding use ``data.eval_batch_size``.
         accumulation: micro-batches summed into one optimizer step (plain accumulation: each micro-batch
@@ -92,6 +94,7 @@ class TrainConfig:
     seed: int = 0
     epochs: int = 1
     max_steps: int | None = None
+    max_samples: int | None = None
     batch_size: int = TRAIN_BATCH_SIZE
     accumulation: int = 1
     gradcache_chunk: int = 0
@@ -149,7 +152,7 @@ class TrainConfig:
         for name in ("gradcache_chunk", "warmup", "eval_every", "eval_every_steps", "checkpoint_every"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be an integer >= 0, got {getattr(self, name)!r}")
-        for name in ("max_steps", "warmup_samples", "val_max_pairs"):
+        for name in ("max_steps", "max_samples", "warmup_samples", "val_max_pairs"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ConfigError(f"train.{name} must be an integer >= 1 (or null), got {value!r}")

@@ -91,7 +91,9 @@ class Run:
         barrier()
         self.dataset, self.sampler, self.val_loader = build_data(recipe, self.core.config, info, run_dir)
         self.images_per_step = cfg.batch_size * info.world_size * cfg.accumulation
-        self.total = min(max(1, len(self.sampler) // cfg.accumulation) * cfg.epochs, cfg.max_steps or sys.maxsize)
+        by_samples = math.ceil(cfg.max_samples / self.images_per_step) if cfg.max_samples else sys.maxsize
+        self.total = min(max(1, len(self.sampler) // cfg.accumulation) * cfg.epochs, cfg.max_steps or sys.maxsize,
+                         by_samples)
         self.optimizer = build_optimizer(self.core, cfg)
         self.scheduler = build_scheduler(self.optimizer, self._warmup_steps(), self.total)
         self.scaler = torch.amp.GradScaler(info.device.type, enabled=self.precision == "fp16")

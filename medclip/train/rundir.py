@@ -30,9 +30,9 @@ RUN_OUTPUTS = ("checkpoints", "model", "best", "metrics.csv", "tensorboard", "lo
                "recipe.yaml")
 # recipe keys a resumed run may change: the peak lr (what the divergence message tells users to lower), the
 # time/step budgets, logging/validation/checkpoint frequency, loader workers and CPU threads
-SAFE_ON_RESUME = ("train.lr", "train.max_minutes", "train.max_steps", "train.epochs", "train.log_every",
-                  "train.eval_every", "train.eval_every_steps", "train.checkpoint_every", "train.keep_last_k",
-                  "train.threads", "data.num_workers", "data.eval_batch_size")
+SAFE_ON_RESUME = ("train.lr", "train.max_minutes", "train.max_steps", "train.max_samples", "train.epochs",
+                  "train.log_every", "train.eval_every", "train.eval_every_steps", "train.checkpoint_every",
+                  "train.keep_last_k", "train.threads", "data.num_workers", "data.eval_batch_size")
 
 
 class RunFolderError(MedclipError):
