@@ -19,6 +19,7 @@ PARITY = {
     "open-clip-hub": "open_clip.create_model('local-dir:...') (tiny replicas, tests/test_interop_zoo.py)",
     "hf-clip": "transformers.CLIPModel (tiny replicas, tests/test_interop.py)",
     "siglip": "transformers.SiglipModel features and logits (tiny replicas, tests/test_interop_siglip.py)",
+    "pmc-clip": "a re-implementation of PMC-CLIP's forward pass from its code (tests/reference/pmc_clip.py)",
     "medclip": "a medclip folder (no conversion)",
 }
 

@@ -10,6 +10,8 @@ open-clip-hub   a folder with ``open_clip_config.json`` (+ ``open_clip_model.saf
                 ``open_clip_pytorch_model.bin``); BiomedCLIP is one (``--from biomedclip`` is an alias)
 hf-clip         a folder with a Hugging Face ``config.json`` of ``model_type: clip``
 siglip          a folder with a Hugging Face ``config.json`` of ``model_type: siglip`` (SigLIP, MedSigLIP)
+pmc-clip        a PMC-CLIP checkpoint (``visual.attnpool`` + ``text_encoder`` + ``text_projection`` keys; found
+                inside a bare file by its keys) or its three-file release folder; needs ``text_model``
 open-clip       a bare OpenAI / open_clip state dict file (CheXzero): needs ``model_name``
 ============== ==============================================================================
 
@@ -27,7 +29,7 @@ from dataclasses import dataclass, field
 from ..errors import CheckpointError, ConfigError, MissingFileError
 from ..paths import resolve_path
 
-FORMATS = ("medclip", "open-clip-hub", "biomedclip", "hf-clip", "siglip", "open-clip")
+FORMATS = ("medclip", "open-clip-hub", "biomedclip", "hf-clip", "siglip", "pmc-clip", "open-clip")
 _ALIASES = {"biomedclip": "open-clip-hub"}
 _WEIGHT_FILE = (".safetensors", ".pt", ".pth", ".bin")
 
@@ -72,6 +74,10 @@ def detect_format(path: str) -> str:
                           f"pass a model folder or --from NAME ({', '.join(FORMATS)})")
     if os.path.isfile(os.path.join(path, "open_clip_config.json")):
         return "open-clip-hub"
+    from .pmc_clip import THREE_FILES
+
+    if os.path.isfile(os.path.join(path, THREE_FILES[0])):
+        return "pmc-clip"
     config = _json(os.path.join(path, "config.json"))
     if isinstance(config, dict) and isinstance(config.get("model"), dict):
         return "medclip"
@@ -120,6 +126,16 @@ def load_model(path: str, fmt: str | None = None, model_name: str = "", text_mod
         from .hf_clip import from_hf_clip
 
         return Loaded(from_hf_clip(path), fmt, path, _files_like(path, "model"), license=read_license(path))
+    from .pmc_clip import THREE_FILES, from_pmc_clip, is_pmc_clip
+
+    if fmt == "open-clip" and not os.path.isdir(path):
+        from .checkpoints import read_state_dict
+
+        fmt = "pmc-clip" if is_pmc_clip(read_state_dict(path, "weights file")) else fmt  # told apart by its keys
+    if fmt == "pmc-clip":
+        model, preprocess = from_pmc_clip(path, text_model)
+        files = [os.path.join(path, n) for n in THREE_FILES] if os.path.isdir(path) else [path]
+        return Loaded(model, fmt, path, files, preprocess, tokenizer_dir=text_model)
     if os.path.isdir(path):
         raise CheckpointError(f"{path} is a folder; --from open-clip reads a bare state dict file")
     from .open_clip import from_open_clip
