@@ -205,7 +205,8 @@ def _assert_one_line_error(rc, err, command, pattern):
     assert re.search(pattern, lines[-1]), lines[-1]
 
 
-@pytest.mark.parametrize("kind", list(ERROR_CASES) + [pytest.param(k, marks=NO_CUDA) for k in ERROR_CASES_CUDA])
+@pytest.mark.parametrize("kind", [pytest.param(k, marks=pytest.mark.slow) if k in SUBPROCESS else k  # subprocesses
+                                  for k in ERROR_CASES] + [pytest.param(k, marks=NO_CUDA) for k in ERROR_CASES_CUDA])
 def test_error_case_is_one_line(kind, world, capsys, monkeypatch):
     template, pattern = {**ERROR_CASES, **ERROR_CASES_CUDA}[kind]
     argv = _fill(template, world)

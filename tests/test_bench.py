@@ -39,6 +39,7 @@ def test_run_all_refuses_a_missing_script(monkeypatch, tmp_path):
         run_all.main(["--only", "no_such_bench.py", "--output", str(tmp_path / "r.md")])
 
 
+@pytest.mark.slow
 def test_gpu_script_parses_and_its_python_part_runs_on_cpu(tmp_path):
     syntax = subprocess.run(["bash", "-n", str(BENCH / "gpu.sh")], capture_output=True, text=True)
     assert syntax.returncode == 0, syntax.stderr

@@ -56,6 +56,7 @@ def _epoch_paths(source: ShardSource, epoch=0, start=0) -> list[list[str]]:
     return [list(b["path"]) for b in source.epoch_loader(epoch, start)]
 
 
+@pytest.mark.slow
 def test_two_ranks_see_the_csv_paths_multiset_and_the_same_batch_count(sharded):
     from medclip.train.distributed import ShardedBatchSampler
 
@@ -130,6 +131,7 @@ def test_pipe_and_remote_urls_need_opt_in():
         expand_shards("https://host/{0..1}.tar")
 
 
+@pytest.mark.slow
 def test_recipe_trains_from_shards(sharded, tmp_path):
     from medclip.train.config import recipe_from_dict
     from medclip.train.loop import train

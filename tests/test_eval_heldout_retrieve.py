@@ -69,6 +69,7 @@ def test_pretrain_report_only_for_demo_recipes(tiny_model, demo_manifest, tmp_pa
     assert "demo report skipped" in caplog.text and "not a demo-corpus manifest" in caplog.text
 
 
+@pytest.mark.slow
 def test_cli_retrieve_on_real_covid_notes(tiny_model, shared_data, tmp_path, capsys):
     from medclip.cli import main
 

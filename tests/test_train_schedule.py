@@ -35,6 +35,7 @@ def test_warmup_in_pairs_becomes_steps_of_the_global_batch(demo_corpus, tmp_path
     assert "the lr warm-up takes 5 of the run's 10 steps" in caplog.text
 
 
+@pytest.mark.slow
 def test_validation_every_k_steps_on_a_fixed_capped_subset(demo_corpus, tmp_path):
     spec = demo_recipe_dict(demo_corpus, batch_size=6, epochs=3, eval_every=0, eval_every_steps=2, val_max_pairs=5,
                             log_every=1, max_samples=27)  # in pairs: ceil(27 / 6) = 5 of the 15 steps of 3 epochs
