@@ -170,6 +170,12 @@ ERROR_CASES = {
                                                  "{root}/locked_run"], r"in use by a running medclip process"),
     "pretrain --resume --overwrite": (["pretrain", "--recipe", "recipes/demo.yaml", "--output", "{root}/used_run",
                                        "--resume", "--overwrite"], r"exclude each other"),
+    "pretrain --output an existing file": (["pretrain", "--recipe", "recipes/demo.yaml", "--output",
+                                           "{root}/a_file.txt"], r"--output .*a_file.txt is an existing file"),
+    "pretrain --output unwritable": (["pretrain", "--recipe", "recipes/demo.yaml", "--output", "/proc/medclip_run"],
+                                     r"--output /proc/medclip_run: cannot write there"),
+    "pretrain --max-steps 0": (["pretrain", "--recipe", "recipes/demo.yaml", "--max-steps", "0"],
+                               r"--max-steps must be in \[1"),
     "convert a malicious pickle (.pt)": (["convert", "{root}/evil.pt", "--output", "{root}/conv"],
                                          r"weights_only=True.*not loaded"),
     "convert a malicious pickle (.bin)": (["convert", "{root}/evil.bin", "--from", "open-clip", "--output",
@@ -257,3 +263,20 @@ def test_bad_limit_variable_is_one_error_not_one_per_image(variable, world, caps
     monkeypatch.setenv(variable, "lots")
     rc = main(["data", "check", str(world.root / "good.csv"), "--output", str(world.root / "env_check")])
     _assert_one_line_error(rc, capsys.readouterr().err, "data", rf"{variable}='lots' is not a number")
+
+
+def test_training_data_preparation_quarantines_with_the_same_reasons(world, checked, tmp_path):
+    """Training decodes through the cached ImageTransform (MONAI chain): same rows, same reasons, no abort."""
+    import medclip
+    from medclip.config import from_dict
+    from medclip.data import build_image_transform
+    from medclip.data.config import DataConfig
+    from medclip.data.dataset import prepare_manifest
+
+    transform = build_image_transform(medclip.config.VisionConfig(image_size=32, in_chans=1),
+                                      cache_dir=str(tmp_path / "npy"))
+    cfg = from_dict(DataConfig, {"manifest": str(world.manifest), "quarantine_dir": str(tmp_path / "q")})
+    good, quarantine, _ = prepare_manifest(cfg, decode=transform.prepare)
+    assert len(good) == N_GOOD
+    expected = checked[2]
+    assert dict(zip(quarantine["line"], quarantine["reason"])) == dict(zip(expected["line"], expected["reason"]))

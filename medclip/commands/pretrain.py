@@ -27,9 +27,13 @@ def run(args) -> int:
     from ..eval.heldout_demo import pretrain_report
     from ..train.config import load_recipe
     from ..train.loop import train
+    from .checks import in_range, output_folder
 
+    in_range("--max-steps", args.max_steps, 1)
+    in_range("--max-minutes", args.max_minutes, 0, low_open=True)
     recipe = load_recipe(args.recipe, args.overrides)
     output = args.output or os.path.join("runs", Path(args.recipe).stem)
+    output_folder("--output", output)  # an existing file or an unwritable place: one line before any work
     result = train(recipe, output, resume=args.resume, max_steps=args.max_steps, max_minutes=args.max_minutes,
                    overwrite=args.overwrite)
     if int(os.environ.get("RANK", "0")) == 0:
