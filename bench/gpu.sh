@@ -54,12 +54,12 @@ timeout 60 "$PY" -m pip install --quiet --no-deps --no-build-isolation -e . || {
 "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device visible to torch'" || exit 2
 
 echo "== 2/3 gpu tests ($((SECONDS - START)) s so far)"
-HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 timeout 100 "$PY" -m pytest -q -m gpu -p no:cacheprovider \
+HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 timeout 120 "$PY" -m pytest -q -m gpu -p no:cacheprovider \
   tests/test_gpu.py || { echo "gpu tests FAILED (exit $?)"; STATUS=1; }
 
-LEFT=$((230 - (SECONDS - START)))
-CAP=$(( (LEFT - 40) / 4 ))
-[ "$CAP" -gt 30 ] && CAP=30
+LEFT=$((232 - (SECONDS - START)))
+CAP=$(( (LEFT - 60) / 4 ))
+[ "$CAP" -gt 25 ] && CAP=25
 [ "$CAP" -lt 5 ] && CAP=5
 echo "== 3/3 benchmark table ($((SECONDS - START)) s so far, ${CAP} s per section)"
 WORK="$(mktemp -d)"

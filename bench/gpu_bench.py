@@ -38,7 +38,7 @@ BF16_PEAK_TFLOPS = (("GH200", 989.4), ("H200", 989.4), ("H100 PCIe", 756.0), ("H
                     ("H100", 989.4), ("H800", 989.4), ("B200", 2250.0), ("A100", 312.0), ("A800", 312.0),
                     ("L40S", 362.1), ("L40", 181.0), ("L4", 121.0), ("A40", 149.7), ("A6000", 154.8),
                     ("A10", 125.0))
-FULL = {"archs": ("ViT-B-16", "RN50"), "batch": 256, "loss_n": (32768, 65536), "patients": 150, "image": 256,
+FULL = {"archs": ("ViT-B-16", "RN50"), "batch": 256, "loss_n": (32768, 65536), "patients": 100, "image": 256,
         "zs_arch": "ViT-B-16"}
 TINY = {"archs": ("tiny-vit", "tiny-rn"), "batch": 4, "loss_n": (512, 1024), "patients": 8, "image": 64,
         "zs_arch": "tiny-vit"}
@@ -245,16 +245,19 @@ def main(argv=None) -> int:
     _, name = card_peak(device)
     print(f"# medclip GPU benchmark: {name}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}, "
           f"cap {args.cap:.0f} s per section")
-    rows, failed = [], []
+    # the table is printed row by row, so a run stopped by the caller's time limit still shows what it measured
+    print(common.markdown_table(["section", "library / setting", "throughput", "vs / memory", "note"], []),
+          flush=True)
+    failed = []
     for section in args.sections:
         start = time.perf_counter()
         try:
-            rows += SECTIONS[section](args, sizes, device, manifest)
+            rows = SECTIONS[section](args, sizes, device, manifest)
         except Exception as exc:  # one failed section must not hide the others; it is reported and fails the run
             failed.append(section)
-            rows.append([section, "FAILED", f"{type(exc).__name__}: {str(exc).splitlines()[0][:100]}", "", ""])
+            rows = [[section, "FAILED", f"{type(exc).__name__}: {str(exc).splitlines()[0][:100]}", "", ""]]
+        print("\n".join("| " + " | ".join(str(c) for c in row) + " |" for row in rows), flush=True)
         print(f"{section}: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
-    print(common.markdown_table(["section", "library / setting", "throughput", "vs / memory", "note"], rows))
     return 1 if failed else 0
 
 
