@@ -93,7 +93,7 @@ def test_prepared_manifest_trains_one_step(messy, tmp_path):
     cached = list((tmp_path / "p" / "cache").rglob("*.npy"))
     assert len(cached) == 49  # preprocessed once: one cache file per distinct good image (20.png: a dup row)
     recipe = demo_recipe_dict(tmp_path / "p", max_steps=1, batch_size=4, eval_every=0)
-    recipe["data"]["cache_dir"] = str(tmp_path / "p" / "cache")
+    recipe["data"].update(cache_dir=str(tmp_path / "p" / "cache"), sections=["findings", "impression"])
     result = train(recipe_from_dict(recipe), str(tmp_path / "run"))
     assert result["step"] == 1 and len(list((tmp_path / "p" / "cache").rglob("*.npy"))) == 49
 
@@ -121,3 +121,11 @@ def test_two_torchrun_ranks_each_check_a_slice_and_rank0_writes(messy, tmp_path)
     two = json.loads((tmp_path / "two" / "prepared.json").read_text())
     assert two["manifest_sha256"] == serial["manifest_sha256"]
     assert (tmp_path / "two" / "quarantine.csv").read_bytes() == (tmp_path / "one" / "quarantine.csv").read_bytes()
+
+
+def test_prepared_with_other_sections_than_the_recipe_is_one_line_error(messy, tmp_path):
+    from medclip.data import dataset
+
+    assert main(["data", "prepare", str(messy), "--output", str(tmp_path / "p"), "--sections", "impression"]) == 0
+    with pytest.raises(DataError, match=r"prepared with report sections \['impression'\].*--sections findings"):
+        dataset.prepare_manifest(DataConfig(manifest=str(tmp_path / "p")))

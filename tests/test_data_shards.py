@@ -137,7 +137,8 @@ def test_recipe_trains_from_shards(sharded, tmp_path):
     from medclip.train.loop import train
 
     recipe = demo_recipe_dict(sharded / "prep", max_steps=2, batch_size=4, eval_every=0)
-    recipe["data"].update(shards=str(sharded / "shards" / "{000000..000005}.tar"), augment=False)
+    recipe["data"].update(shards=str(sharded / "shards" / "{000000..000005}.tar"), augment=False,
+                          sections=["findings", "impression"])
     result = train(recipe_from_dict(recipe), str(tmp_path / "run"))
     assert result["step"] == 2 and torch.isfinite(torch.tensor(result["last_loss"]))
 

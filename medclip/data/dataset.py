@@ -90,6 +90,10 @@ def prepare_manifest(data_config: DataConfig, decode=None, seed: int = 0,
 
     if prepared_dir(manifest):  # `medclip data prepare` checked and split it once: read, never re-check
         good, info = read_prepared(prepared_dir(manifest))
+        wanted = list(data_config.sections) if data_config.sections else None
+        if info.get("reports", True) and info.get("sections") != wanted:
+            raise DataError(f"{manifest}: prepared with report sections {info.get('sections')}, the recipe wants "
+                            f"{wanted}; run 'medclip data prepare' with --sections {','.join(wanted or ['all'])}")
         logger.info("data: %d prepared rows from %s (checked once by 'medclip data prepare')", len(good), manifest)
         quarantine = pd.read_csv(prepared_dir(manifest) / QUARANTINE, dtype={"image": str}, keep_default_na=False)
         return good, quarantine, prepared_dir(manifest) / QUARANTINE
