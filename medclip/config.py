@@ -94,7 +94,8 @@ class TextConfig:
         act: ``gelu`` or ``quick_gelu``.
         hf_model_dir: a local transformers encoder folder; when set the CLIP-specific sizes are ignored.
         pooling: ``cls`` or ``mean`` pooling of an HF encoder's output, or ``pooler``: the encoder's own
-            ``pooler_output`` (SigLIP: its head over the last position).
+            ``pooler_output`` (SigLIP: its head over the last position), or ``medclip``: MedCLIP's mean over all
+            positions (padding included, up to the batch's longest text) of hidden layers 1, 2 and the last.
         proj_bias: whether the (linear) projection to the joint embedding has a bias.
         proj: projection of an HF encoder: ``linear``, or ``mlp`` (Linear-GELU-Linear without biases,
             hidden ``(width + embed_dim) // 2``, open_clip's ``hf_proj_type: mlp``, e.g. BiomedCLIP) or
@@ -118,7 +119,7 @@ class TextConfig:
 
     def __post_init__(self):
         _check_choice("text.act", self.act, ACTIVATIONS)
-        _check_choice("text.pooling", self.pooling, ("cls", "mean", "pooler"))
+        _check_choice("text.pooling", self.pooling, ("cls", "mean", "pooler", "medclip"))
         _check_choice("text.proj", self.proj, ("linear", "mlp", "none"))
         if self.proj != "linear" and self.hf_model_dir is None:
             raise ConfigError("text.proj: mlp is for Hugging Face text towers (text.hf_model_dir); CLIP's own "

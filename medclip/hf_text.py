@@ -79,7 +79,8 @@ class HFTextTower(nn.Module):
         used = mask.any(dim=0).nonzero()
         length = int(used.max()) + 1 if used.numel() else 1
         ids, mask = ids[:, :length], mask[:, :length]
-        out = self.model(input_ids=ids, attention_mask=mask.long())
+        out = self.model(input_ids=ids, attention_mask=mask.long(),
+                         output_hidden_states=self.config.pooling == "medclip")
         return self.text_projection(self.pool(out, mask))
 
     def forward_embeds(self, embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -109,6 +110,9 @@ class HFTextTower(nn.Module):
         encoder's own ``pooler_output``."""
         if self.config.pooling == "pooler":
             return out.pooler_output
+        if self.config.pooling == "medclip":  # MedCLIP: layers 1, 2, last; every position, no mask
+            states = out.hidden_states
+            return torch.stack([states[1], states[2], states[-1]]).mean(dim=2).mean(dim=0)
         hidden = out.last_hidden_state
         if self.config.pooling == "cls":
             return hidden[:, 0]

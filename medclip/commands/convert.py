@@ -20,6 +20,7 @@ PARITY = {
     "hf-clip": "transformers.CLIPModel (tiny replicas, tests/test_interop.py)",
     "siglip": "transformers.SiglipModel features and logits (tiny replicas, tests/test_interop_siglip.py)",
     "pmc-clip": "a re-implementation of PMC-CLIP's forward pass from its code (tests/reference/pmc_clip.py)",
+    "medclip-resnet": "a re-implementation of MedCLIP's forward pass from its code (tests/reference/medclip.py)",
     "medclip": "a medclip folder (no conversion)",
 }
 

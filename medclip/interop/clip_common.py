@@ -58,11 +58,13 @@ def count_layers(state: dict, prefix: str) -> int:
 def build_and_load(config: dict, state: dict, source: str) -> CLIP:
     """Build our CLIP from a config dict and load ``state`` strictly (clear errors), in eval mode.
 
-    The logit-scale clamp is raised to at least the stored log scale (a checkpoint is never clipped), and a
-    stored ``logit_bias`` (SigLIP) gives the model its bias parameter.
+    The logit-scale clamp is raised to at least the stored log scale (a checkpoint is never clipped) unless
+    the converter sets ``max_logit_scale`` itself (the source model's own clamp, e.g. MedCLIP's 4.6052, which
+    upstream applies at use), and a stored ``logit_bias`` (SigLIP) gives the model its bias parameter.
     """
     config = dict(config)
-    if torch.is_tensor(state.get("logit_scale")) and state["logit_scale"].numel() == 1:
+    if torch.is_tensor(state.get("logit_scale")) and state["logit_scale"].numel() == 1 \
+            and "max_logit_scale" not in config:
         stored = float(state["logit_scale"])
         config["max_logit_scale"] = max(float(config.get("max_logit_scale", math.log(100))), stored)
     if torch.is_tensor(state.get("logit_bias")) and state["logit_bias"].numel() == 1:

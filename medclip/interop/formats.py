@@ -12,6 +12,7 @@ hf-clip         a folder with a Hugging Face ``config.json`` of ``model_type: cl
 siglip          a folder with a Hugging Face ``config.json`` of ``model_type: siglip`` (SigLIP, MedSigLIP)
 pmc-clip        a PMC-CLIP checkpoint (``visual.attnpool`` + ``text_encoder`` + ``text_projection`` keys; found
                 inside a bare file by its keys) or its three-file release folder; needs ``text_model``
+medclip-resnet  MedCLIP (Wang et al.) ResNet: ``pytorch_model.bin`` (folder or file; only with ``--from``)
 open-clip       a bare OpenAI / open_clip state dict file (CheXzero): needs ``model_name``
 ============== ==============================================================================
 
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field
 from ..errors import CheckpointError, ConfigError, MissingFileError
 from ..paths import resolve_path
 
-FORMATS = ("medclip", "open-clip-hub", "biomedclip", "hf-clip", "siglip", "pmc-clip", "open-clip")
+FORMATS = ("medclip", "open-clip-hub", "biomedclip", "hf-clip", "siglip", "pmc-clip", "medclip-resnet", "open-clip")
 _ALIASES = {"biomedclip": "open-clip-hub"}
 _WEIGHT_FILE = (".safetensors", ".pt", ".pth", ".bin")
 
@@ -126,6 +127,12 @@ def load_model(path: str, fmt: str | None = None, model_name: str = "", text_mod
         from .hf_clip import from_hf_clip
 
         return Loaded(from_hf_clip(path), fmt, path, _files_like(path, "model"), license=read_license(path))
+    if fmt == "medclip-resnet":
+        from .medclip_ryanwang import WEIGHTS, from_medclip_resnet
+
+        model, preprocess = from_medclip_resnet(path, text_model)
+        files = [os.path.join(path, WEIGHTS) if os.path.isdir(path) else path]
+        return Loaded(model, fmt, path, files, preprocess, tokenizer_dir=text_model)
     from .pmc_clip import THREE_FILES, from_pmc_clip, is_pmc_clip
 
     if fmt == "open-clip" and not os.path.isdir(path):
