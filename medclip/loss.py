@@ -48,7 +48,7 @@ def _check_pair(image_features: torch.Tensor, text_features: torch.Tensor) -> No
 
 
 def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
-              logit_bias: torch.Tensor | None = None) -> torch.Tensor:
+              logit_bias: torch.Tensor | None = None, text_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Symmetric InfoNCE over a batch of paired, L2-normalised features.
 
     Args:
@@ -56,14 +56,34 @@ def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_s
         text_features: ``(N, D)`` text embeddings, row ``i`` paired with image ``i``.
         logit_scale: scalar ``exp(log_scale)`` (the model's ``logit_scale`` output).
         logit_bias: ignored: a bias added to every logit cancels in both softmaxes.
+        text_ids: optional ``(N,)`` integer ids of the normalised report texts: pairs with equal ids are
+            masked out of each other's denominators (identical reports are not negatives); the paired item
+            stays the only positive.
 
     Returns:
         Scalar loss ``(CE(image→text) + CE(text→image)) / 2``.
     """
     _check_pair(image_features, text_features)
     logits_per_image, logits_per_text = clip_logits(image_features, text_features, logit_scale)
+    mask = duplicate_mask(text_ids, 0, image_features.shape[0])
+    if mask is not None:
+        logits_per_image = logits_per_image.masked_fill(mask, float("-inf"))
+        logits_per_text = logits_per_image.T
     labels = torch.arange(image_features.shape[0], device=image_features.device)
     return (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
+
+
+def duplicate_mask(text_ids: torch.Tensor | None, start: int, end: int) -> torch.Tensor | None:
+    """``(end - start, N)`` True where row ``i``'s text id equals column ``j``'s and ``i != j`` (None: no ids
+    or no duplicates in the batch)."""
+    if text_ids is None:
+        return None
+    ids = text_ids.reshape(-1)
+    if ids.unique().numel() == ids.numel():
+        return None
+    mask = ids[start:end, None] == ids[None, :]
+    mask[torch.arange(end - start, device=mask.device), torch.arange(start, end, device=mask.device)] = False
+    return mask
 
 
 def _blocks(n: int, block: int | None):
@@ -80,7 +100,7 @@ class TiledInfoNCE(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, image_features, text_features, logit_scale, block):
+    def forward(ctx, image_features, text_features, logit_scale, block, text_ids=None):
         dtype = torch.promote_types(image_features.dtype, torch.float32)  # fp32 (or fp64) inside
         img, txt, scale = image_features.to(dtype), text_features.to(dtype), logit_scale.to(dtype)
         n = img.shape[0]
@@ -89,6 +109,7 @@ class TiledInfoNCE(torch.autograd.Function):
         col_sum = img.new_zeros(n)
         for start, end in _blocks(n, block):
             sims = (img[start:end] @ txt.T).mul_(scale)  # (b, N), the only O(b·N) buffers
+            _mask_(sims, text_ids, start, end)
             row_lse[start:end] = torch.logsumexp(sims, dim=1)
             new_max = torch.maximum(col_max, sims.amax(dim=0))
             col_sum = col_sum * torch.exp(col_max - new_max) + sims.sub_(new_max).exp_().sum(dim=0)
@@ -97,7 +118,7 @@ class TiledInfoNCE(torch.autograd.Function):
         positives = (img * txt).sum()
         loss = (row_lse.sum() + col_lse.sum()) / (2 * n) - scale * positives / n
         ctx.save_for_backward(img, txt, scale, row_lse, col_lse)
-        ctx.block, ctx.positives = block, positives
+        ctx.block, ctx.positives, ctx.text_ids = block, positives, text_ids
         ctx.dtypes = (image_features.dtype, text_features.dtype, logit_scale.dtype)
         return loss
 
@@ -109,7 +130,7 @@ class TiledInfoNCE(torch.autograd.Function):
         grad_scale = -ctx.positives / n
         for start, end in _blocks(n, ctx.block):
             dots = img[start:end] @ txt.T  # (b, N) cosine similarities
-            sims = dots * scale
+            sims = _mask_(dots * scale, ctx.text_ids, start, end)  # masked pairs get probability 0
             probs = torch.exp(sims - row_lse[start:end, None]).add_(sims.sub_(col_lse[None, :]).exp_())
             probs.div_(2 * n)  # ∂L/∂S without the −I/N diagonal (added below)
             grad_img[start:end] = probs @ txt
@@ -119,11 +140,18 @@ class TiledInfoNCE(torch.autograd.Function):
         grad_txt = (grad_txt - img / n) * (scale * grad_loss)
         grad_scale = grad_scale * grad_loss
         dtype_i, dtype_t, dtype_s = ctx.dtypes
-        return grad_img.to(dtype_i), grad_txt.to(dtype_t), grad_scale.to(dtype_s), None
+        return grad_img.to(dtype_i), grad_txt.to(dtype_t), grad_scale.to(dtype_s), None, None
+
+
+def _mask_(sims: torch.Tensor, text_ids, start: int, end: int) -> torch.Tensor:
+    """Set identical-report pairs of a row block to −inf in place (no-op without duplicates)."""
+    mask = duplicate_mask(text_ids, start, end)
+    return sims.masked_fill_(mask, float("-inf")) if mask is not None else sims
 
 
 def tiled_clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale,
-                    logit_bias: torch.Tensor | None = None, block: int | None = None) -> torch.Tensor:
+                    logit_bias: torch.Tensor | None = None, block: int | None = None,
+                    text_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Memory-lean symmetric InfoNCE, equal to :func:`clip_loss` (values and gradients, fp32 inside).
 
     Args:
@@ -131,6 +159,8 @@ def tiled_clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, l
         text_features: ``(N, D)`` text embeddings, row ``i`` paired with image ``i``.
         logit_scale: scalar ``exp(log_scale)``, a tensor (may require grad) or a float.
         logit_bias: ignored (cancels in the softmaxes).
+        text_ids: optional report-text ids: identical reports are masked out of each other's denominators
+            (as :func:`clip_loss`), exactly, in forward and backward.
         block: image rows per block; default keeps each ``block × N`` buffer at 32 MiB.
 
     Returns:
@@ -139,7 +169,7 @@ def tiled_clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, l
     _check_pair(image_features, text_features)
     logit_scale = _scalar(logit_scale, image_features)
     with torch.autocast(image_features.device.type, enabled=False):  # the Function keeps its own precision
-        return TiledInfoNCE.apply(image_features, text_features, logit_scale, block)
+        return TiledInfoNCE.apply(image_features, text_features, logit_scale, block, text_ids)
 
 
 def _scalar(value, like: torch.Tensor) -> torch.Tensor:

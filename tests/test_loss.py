@@ -145,3 +145,32 @@ def test_registry_names_and_model_output_call():
     assert model.logit_bias.grad is not None and model.logit_bias.grad != 0  # siglip moved the bias
     plain = medclip.create_model("tiny-vit")(torch.randn(2, 1, 64, 64))
     assert "logit_bias" not in plain
+
+
+# ---- identical reports are not negatives (issue 16) ----
+
+def _masked_reference(img, txt, scale, ids):
+    """InfoNCE written row by row: for pair i, the denominators skip every j != i whose text id equals i's."""
+    sims = scale * img @ txt.T
+    n, terms = len(ids), []
+    for i in range(n):
+        keep = [j for j in range(n) if j == i or ids[j] != ids[i]]
+        terms.append(torch.logsumexp(sims[i, keep], 0) - sims[i, i])  # image i over texts
+        terms.append(torch.logsumexp(sims[keep, i], 0) - sims[i, i])  # text i over images
+    return torch.stack(terms).sum() / (2 * n)
+
+
+@pytest.mark.parametrize("block", [None, 5, 13])
+def test_identical_reports_masked_dense_and_tiled_equal_reference(block):
+    img, txt, scale = _features(29, 12)
+    ids = torch.tensor([i % 7 if i < 20 else 100 + i for i in range(29)])  # groups of 3 identical reports
+    ref = _loss_and_grads(lambda *a: _masked_reference(*a, ids.tolist()), img, txt, scale)
+    dense = _loss_and_grads(clip_loss, img, txt, scale, text_ids=ids)
+    tiled = _loss_and_grads(tiled_clip_loss, img, txt, scale, text_ids=ids, block=block)
+    for a, b, c in zip(ref, dense, tiled):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(c, a, rtol=1e-10, atol=1e-12)
+    unmasked = clip_loss(img, txt, scale)
+    assert unmasked.item() > ref[0].item() + 1e-3  # masking removed real negatives
+    distinct = torch.arange(29)  # all different: no masking at all
+    torch.testing.assert_close(tiled_clip_loss(img, txt, scale, text_ids=distinct, block=block), unmasked)
