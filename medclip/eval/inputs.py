@@ -20,7 +20,7 @@ import torch
 from ..defaults import EVAL_BATCH_SIZE
 from ..errors import DataError
 from .prompts import ClassFile
-from .task import SINGLE, Task
+from .task import Task, label_kind
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".dcm", ".dicom", ".bmp", ".tif", ".tiff")
 
@@ -115,7 +115,7 @@ def read_labelled_images(source: str | os.PathLike | pd.DataFrame, cf: ClassFile
     if isinstance(source, pd.DataFrame):
         return attach_labels(source, cf, image_column=image_column, where="manifest table")
     if os.path.isdir(source):
-        if cf.task != SINGLE.name:
+        if not label_kind(cf.task).exclusive:  # a folder gives one class per image
             raise DataError(f"{source}: a folder tree gives one class per image; use a manifest CSV with one "
                             "column per condition for a multi-label class file")
         return folder_table(source, cf)

@@ -33,6 +33,8 @@ class LabelKind:
     name = ""
     targets_per_class = 1
     min_classes = 1
+    exclusive = False  # one class per image (a confusion matrix and class-stratified subsets make sense)
+    shot_values: tuple = (1,)  # label values drawn as shots per class/condition
 
     def probs(self, scores: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -89,7 +91,7 @@ class LabelKind:
 
 
 class _Single(LabelKind):
-    name, targets_per_class, min_classes = "single", 1, 2
+    name, targets_per_class, min_classes, exclusive = "single", 1, 2, True
 
     def probs(self, scores):
         return scores.softmax(-1)
@@ -138,7 +140,7 @@ class _Single(LabelKind):
 
 
 class _Multi(LabelKind):
-    name, targets_per_class, min_classes = "multi", 2, 1
+    name, targets_per_class, min_classes, shot_values = "multi", 2, 1, (1, 0)
 
     def probs(self, scores):
         return scores.sigmoid()
@@ -235,7 +237,8 @@ class Task:
         if len(self.classes) < self.label_kind.min_classes:
             raise ConfigError(f"a {self.kind}-label task needs more classes, got {self.classes}")
         if not self.names:
-            self.names = list(self.classes) + ([f"no {c}" for c in self.classes] if self.kind == MULTI.name else [])
+            negatives = [f"no {c}" for c in self.classes] if self.label_kind.targets_per_class == 2 else []
+            self.names = list(self.classes) + negatives
         if not self.prompts:
             self.prompts = [[f"a chest x-ray showing {name}."] for name in self.names]
         n = self.n_targets
@@ -337,11 +340,9 @@ class Task:
 
     def shot_groups(self, y: np.ndarray) -> list[tuple[np.ndarray, str]]:
         """Row masks to draw shots from: each class, or each condition's positives and negatives."""
-        targets = self.indicator(y)
-        if self.kind == SINGLE.name:
-            return [(targets[:, c] == 1, name) for c, name in enumerate(self.classes)]
-        return [(targets[:, c] == v, f"{'positive' if v else 'negative'} '{name}'")
-                for c, name in enumerate(self.classes) for v in (1, 0)]
+        targets, values = self.indicator(y), self.label_kind.shot_values
+        return [(targets[:, c] == v, name if len(values) == 1 else f"{'positive' if v else 'negative'} '{name}'")
+                for c, name in enumerate(self.classes) for v in values]
 
     def shots(self, y) -> int:
         """Shots per class in a training set: the smallest class count (positives per condition if multi)."""

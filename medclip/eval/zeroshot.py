@@ -30,7 +30,7 @@ from .calibration import expected_calibration_error, fit_temperature, pooled_bin
 from .inputs import encode_images, read_labelled_images
 from .metrics import evaluate
 from .prompts import ClassFile, encode_prompt_sets, load_class_file
-from .task import SINGLE, Task
+from .task import Task
 
 
 class ZeroShotClassifier:
@@ -190,8 +190,8 @@ def write_figures(result: ZeroShotResult, output: str, n_bootstrap: int = N_BOOT
         curves[f"temperature {m['temperature']:.2f} (ECE {m['calibration']['ece']:.3f})"] = probs
     plots.plot_reliability({k: pooled_bins(v, y, task.kind, m["calibration"]["n_bins"]) for k, v in curves.items()},
                            figures["reliability"])
-    if task.kind == SINGLE.name:  # a confusion matrix needs one predicted class per image
-        pred = SINGLE.decisions(probs, m["bootstrap"]["threshold"]).argmax(1)
+    if task.label_kind.exclusive:  # a confusion matrix needs one predicted class per image
+        pred = task.label_kind.decisions(probs, m["bootstrap"]["threshold"]).argmax(1)
         plots.plot_confusion(y, pred, task.classes, figures["confusion"])
     else:
         del figures["confusion"]
@@ -271,7 +271,7 @@ def run_zeroshot(model, source: str, classes: ClassFile | str, output: str | Non
     clf = ZeroShotClassifier(model, classes, cache_dir=o.cache_dir, fingerprint=o.fingerprint)
     table = _select_split(read_labelled_images(source, clf.classes), source, o.split, o.calibrate_on)
     if o.max_images and len(table) > o.max_images:
-        table = subsample(table, o.max_images, "label" if clf.task.kind == SINGLE.name else None, o.seed)
+        table = subsample(table, o.max_images, "label" if clf.task.label_kind.exclusive else None, o.seed)
     features, kept, bad = encode_images(model, table["image"].tolist(), batch_size=o.batch_size,
                                         num_workers=o.num_workers, progress=o.progress)
     quarantine = pd.DataFrame([(table["image"].iat[i], reason) for i, reason in bad], columns=["image", "reason"])
