@@ -279,3 +279,23 @@ def gather_features(image_features: torch.Tensor, text_features: torch.Tensor):
     from torch.distributed.nn.functional import all_gather
 
     return torch.cat(all_gather(image_features), dim=0), torch.cat(all_gather(text_features), dim=0)
+
+
+def text_id(text: str) -> int:
+    """A stable signed 64-bit id of a report's normalised text (whitespace collapsed, lower case): equal ids
+    mark identical reports (``text_ids`` of the InfoNCE losses)."""
+    import hashlib
+
+    digest = hashlib.blake2b(" ".join(str(text).lower().split()).encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little", signed=True)
+
+
+def gather_ids(ids: torch.Tensor) -> torch.Tensor:
+    """Concatenate every rank's ``(B,)`` ids in rank order (as :func:`gather_features`; no gradients)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return ids
+    parts = [torch.empty_like(ids) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, ids.contiguous())
+    return torch.cat(parts)

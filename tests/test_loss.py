@@ -174,3 +174,29 @@ def test_identical_reports_masked_dense_and_tiled_equal_reference(block):
     assert unmasked.item() > ref[0].item() + 1e-3  # masking removed real negatives
     distinct = torch.arange(29)  # all different: no masking at all
     torch.testing.assert_close(tiled_clip_loss(img, txt, scale, text_ids=distinct, block=block), unmasked)
+
+
+def test_training_step_masks_identical_reports():
+    import medclip
+    from medclip.loss import text_id
+    from medclip.train.build import build_model
+    from medclip.train.config import recipe_from_dict
+    from medclip.train.distributed import DistInfo
+    from medclip.train.loop import forward_backward
+
+    assert text_id("Small  left EFFUSION ") == text_id("small left effusion") != text_id("small right effusion")
+    with pytest.raises(ConfigError, match="InfoNCE"):
+        recipe_from_dict({"model": "tiny-vit", "train": {"mask_identical_reports": True, "loss": "siglip"}})
+    recipe = recipe_from_dict({"model": "tiny-vit", "train": {"mask_identical_reports": True}})
+    model, core = build_model(recipe, DistInfo())
+    core.eval()
+    reports = ["no effusion", "cardiomegaly", "No  effusion", "edema", "cardiomegaly", "no effusion"]
+    g = torch.Generator().manual_seed(0)
+    batch = {"image": torch.randn(6, 1, 64, 64, generator=g), "text": medclip.get_tokenizer("tiny-vit")(reports),
+             "text_id": torch.tensor([text_id(r) for r in reports])}
+    loss = forward_backward(model, batch, recipe.train, torch.device("cpu"), "fp32",
+                            torch.amp.GradScaler("cpu", enabled=False))
+    with torch.no_grad():
+        out = core(batch["image"], batch["text"])
+        masked, unmasked = clip_loss(**out, text_ids=batch["text_id"]), clip_loss(**out)
+    assert abs(loss - float(masked)) < 1e-5 and abs(float(masked) - float(unmasked)) > 1e-4

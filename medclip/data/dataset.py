@@ -45,6 +45,9 @@ class ImageReportDataset(Dataset):
             raise DataError(f"dataset rows lack column(s) {', '.join(missing)}")
         column = "text" if "text" in self.df.columns else "report"
         self.texts = self.df[column].fillna("").astype(str).tolist()
+        from ..loss import text_id
+
+        self.text_ids = [text_id(t) for t in self.texts]  # identical reports share an id (masked in the loss)
         self.paths = self.df["image"].astype(str).tolist()
         self.patients = self.df["patient_id"].astype(str).tolist() if "patient_id" in self.df else [""] * len(df)
         self.labels = (torch.tensor(self.df[self.label_columns].astype("float32").to_numpy())
@@ -57,6 +60,7 @@ class ImageReportDataset(Dataset):
         item = {
             "image": self.image_transform(self.paths[index]),
             "text": self.tokenizer([self.texts[index]])[0],
+            "text_id": self.text_ids[index],
             "patient_id": self.patients[index],
             "path": self.paths[index],
         }

@@ -70,6 +70,8 @@ class TrainConfig:
         lr_text: learning rate of the text tower (None: ``lr``).
         init_from: start from this pretrained model (any folder or file ``medclip convert`` accepts); the
             recipe then has no ``model`` section.
+        mask_identical_reports: identical reports (same normalised text) are not negatives: such pairs are
+            masked out of each other's InfoNCE denominators (dense and tiled, over the global batch).
         init_from_options: for ``init_from``: ``from`` (force the format), ``model_name`` (bare state
             dicts), ``text_model`` (local HF encoder folder).
         grad_checkpointing: recompute tower activations in backward (less memory, slower).
@@ -116,6 +118,7 @@ class TrainConfig:
     lr_image: float | None = None
     lr_text: float | None = None
     init_from: str | None = None
+    mask_identical_reports: bool = False
     init_from_options: dict = field(default_factory=dict)
     grad_checkpointing: bool = False
     eval_every: int = 1
@@ -161,6 +164,9 @@ class TrainConfig:
         if len(self.betas) != 2:
             raise ConfigError(f"train.betas needs two values, got {self.betas}")
         self._check_continued()
+        if self.mask_identical_reports and self.loss not in ("dense", "tiled"):
+            raise ConfigError(f"train.mask_identical_reports applies to the InfoNCE losses (dense, tiled), not "
+                              f"train.loss: {self.loss}")
         if self.lock_image and self.lock_text and not (self.lock_image_unlocked_groups
                                                        or self.lock_text_unlocked_layers):
             raise ConfigError("train.lock_image and train.lock_text are both true: nothing but the "

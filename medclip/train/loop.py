@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from ..errors import MedclipError
-from ..loss import gather_features, get_loss
+from ..loss import gather_features, gather_ids, get_loss
 from ..version import __version__
 from .accel import configure_backends, to_device
 from .build import autocast_context, build_data, build_model, resolve_precision, seed_everything, set_train_mode
@@ -43,6 +43,8 @@ def forward_backward(model, batch: dict, cfg, device, precision: str, scaler, lo
     """Loss of one micro-batch over the global batch; gradients accumulate into ``.grad``."""
     images, texts = to_device(batch, device)
     loss_fn = get_loss(cfg.loss)
+    if getattr(cfg, "mask_identical_reports", False):  # identical reports are not each other's negatives
+        loss_fn = partial(loss_fn, text_ids=gather_ids(_text_ids(batch).to(device)))
     if cfg.gradcache_chunk:
         autocast = partial(autocast_context, device, precision)
         def backward(loss):
@@ -59,6 +61,13 @@ def forward_backward(model, batch: dict, cfg, device, precision: str, scaler, lo
         # ---- backward outside autocast; GradScaler scales only for fp16 (disabled otherwise) ----
         scaler.scale(loss / loss_divisor).backward()
     return loss.item()
+
+
+def _text_ids(batch: dict) -> torch.Tensor:
+    if "text_id" not in batch:
+        raise MedclipError("train.mask_identical_reports needs report ids from the data source (CSV manifests give "
+                           "them); this source has none: set train.mask_identical_reports=false")
+    return torch.as_tensor(batch["text_id"], dtype=torch.int64)
 
 
 def optimizer_step(model, optimizer, scheduler, scaler, clip_grad: float) -> None:
