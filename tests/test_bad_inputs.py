@@ -265,7 +265,7 @@ def test_bad_limit_variable_is_one_error_not_one_per_image(variable, world, caps
     _assert_one_line_error(rc, capsys.readouterr().err, "data", rf"{variable}='lots' is not a number")
 
 
-def test_training_data_preparation_quarantines_with_the_same_reasons(world, checked, tmp_path):
+def test_training_data_preparation_quarantines_with_the_same_reasons(world, checked, tmp_path, capfd, caplog):
     """Training decodes through the cached ImageTransform (MONAI chain): same rows, same reasons, no abort."""
     import medclip
     from medclip.config import from_dict
@@ -280,3 +280,5 @@ def test_training_data_preparation_quarantines_with_the_same_reasons(world, chec
     assert len(good) == N_GOOD
     expected = checked[2]
     assert dict(zip(quarantine["line"], quarantine["reason"])) == dict(zip(expected["line"], expected["reason"]))
+    out, err = capfd.readouterr()
+    assert not any(s in out + err + caplog.text for s in (crafted.FAKE_NAME, crafted.FAKE_ID, crafted.FAKE_BIRTH))

@@ -133,8 +133,10 @@ def test_phi_never_printed_or_logged(tmp_path, capfd, caplog):
     with pytest.raises(MedclipError):
         load_image(path)
     from medclip.data import phi_tags_present
+    from medclip.data.corpora.mimic import _view_position
+    from medclip.data.stored import stored_dtype
 
-    phi_tags_present(path)
+    phi_tags_present(path), stored_dtype(path), _view_position(str(path))  # header-only readers too
     out, err = capfd.readouterr()
     text = out + err + caplog.text
     assert "DICOM header problem(s) reported by pydicom (values withheld)" in caplog.text

@@ -274,13 +274,22 @@ def phi_tags_present(path: str | os.PathLike) -> list[str]:
     """Names of the PHI tags a DICOM file carries (never their values); [] for non-DICOM or unreadable files."""
     import pydicom
 
-    with warnings.catch_warnings(), _silenced("pydicom"):
-        warnings.simplefilter("ignore")  # read_image reports header problems (redacted); never twice, never values
+    with quiet_pydicom():
         try:
             ds = pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=list(PHI_TAGS))
             return [tag for tag in PHI_TAGS if tag in ds and str(ds[tag].value or "").strip()]
         except Exception:  # a damaged file is reported by read_image, not here
             return []
+
+
+@contextlib.contextmanager
+def quiet_pydicom():
+    """Silence pydicom's warnings and log records inside the block: for header-only reads (a tag or two)
+    whose problems :func:`read_image` reports, redacted. A damaged header makes pydicom quote element
+    values, patient names included, in those messages."""
+    with warnings.catch_warnings(), _silenced("pydicom"):
+        warnings.simplefilter("ignore")
+        yield
 
 
 @contextlib.contextmanager

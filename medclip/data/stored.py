@@ -17,14 +17,15 @@ STORED_DTYPES = (np.uint8, np.uint16)
 
 def stored_dtype(path: str | os.PathLike) -> type:
     """``np.uint16`` when the source has more than 8 bits per sample, else ``np.uint8`` (header read only)."""
-    from .dicom import is_dicom
+    from .dicom import is_dicom, quiet_pydicom
 
     if is_dicom(path):
         import pydicom
 
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["BitsStored"])
-            bits = int(getattr(ds, "BitsStored", 16) or 16)
+            with quiet_pydicom():  # pydicom's messages about a damaged header can quote patient names
+                ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["BitsStored"])
+                bits = int(getattr(ds, "BitsStored", 16) or 16)
         except Exception:  # noqa: BLE001 - decoding reports the file's real problem; keep all bits here
             bits = 16
         return np.uint16 if bits > 8 else np.uint8

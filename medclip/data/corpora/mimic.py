@@ -130,8 +130,11 @@ def view_positions(paths: list[str], workers: int | None = None) -> list[str]:
 def _view_position(path: str) -> str:
     import pydicom
 
-    try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["ViewPosition"])
-    except (OSError, ValueError, pydicom.errors.InvalidDicomError, EOFError):
-        return ""
-    return str(getattr(ds, "ViewPosition", "") or "").strip()
+    from ..dicom import quiet_pydicom
+
+    with quiet_pydicom():  # pydicom's messages about a damaged header can quote patient names
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["ViewPosition"])
+            return str(getattr(ds, "ViewPosition", "") or "").strip()
+        except (OSError, ValueError, pydicom.errors.InvalidDicomError, EOFError):
+            return ""
