@@ -193,3 +193,25 @@ def test_data_check_quarantines_bombs_and_keeps_good_rows(tmp_path, capsys):
     q = pd.read_csv(tmp_path / "quarantine.csv")
     assert sorted(q["image"]) == ["bomb.dcm", "bomb.png", "icpt.dcm"]
     assert q["reason"].str.contains("pixel budget|decompression-bomb|cannot be applied").all()
+
+
+def test_dicom_fuzz_on_real_files(shared_data, tmp_path, capfd):
+    """The same mutator on real files (RLE palette ultrasound, 2-frame RGB, JPEG Lossless): every outcome
+    is a [0, 1] image or a MedclipError. MEDCLIP_FUZZ_N scales it too (default 1000 -> 200 here)."""
+    n = int(os.environ.get("MEDCLIP_FUZZ_N", "1000")) // 5
+    seeds = [(shared_data / "dicom" / name).read_bytes()
+             for name in ("OBXXXX1A_rle.dcm", "SC_rgb_16bit_2frame.dcm", "JPEG-LL.dcm")]
+    rng, outcomes = np.random.default_rng(1), {"image": 0, "error": 0}
+    path = tmp_path / "mutant.dcm"
+    for i in range(n):
+        path.write_bytes(crafted.mutate(seeds[i % len(seeds)], rng))
+        try:
+            img = load_image(path)
+        except MedclipError as exc:
+            assert "\n" not in str(exc)
+            outcomes["error"] += 1
+        else:
+            assert img.dtype == np.float32 and np.isfinite(img).all() and 0 <= img.min() and img.max() <= 1
+            outcomes["image"] += 1
+    assert "Traceback" not in "".join(capfd.readouterr())
+    assert outcomes["image"] > 0 and outcomes["error"] > 0, outcomes
