@@ -107,8 +107,9 @@ class TiledInfoNCE(torch.autograd.Function):
         row_lse = img.new_empty(n)
         col_max = img.new_full((n,), float("-inf"))
         col_sum = img.new_zeros(n)
+        scaled = img * scale  # the scale folded into the (N, d) side: no (b, N) multiply
         for start, end in _blocks(n, block):
-            sims = (img[start:end] @ txt.T).mul_(scale)  # (b, N), the only O(b·N) buffers
+            sims = scaled[start:end] @ txt.T  # (b, N), the only O(b·N) buffers
             _mask_(sims, text_ids, start, end)
             row_lse[start:end] = torch.logsumexp(sims, dim=1)
             new_max = torch.maximum(col_max, sims.amax(dim=0))
@@ -127,18 +128,16 @@ class TiledInfoNCE(torch.autograd.Function):
         img, txt, scale, row_lse, col_lse = ctx.saved_tensors
         n = img.shape[0]
         grad_img, grad_txt = torch.empty_like(img), torch.zeros_like(txt)
-        grad_scale = -ctx.positives / n
+        scaled = img * scale
         for start, end in _blocks(n, ctx.block):
-            dots = img[start:end] @ txt.T  # (b, N) cosine similarities
-            sims = _mask_(dots * scale, ctx.text_ids, start, end)  # masked pairs get probability 0
-            probs = torch.exp(sims - row_lse[start:end, None]).add_(sims.sub_(col_lse[None, :]).exp_())
-            probs.div_(2 * n)  # ∂L/∂S without the −I/N diagonal (added below)
-            grad_img[start:end] = probs @ txt
+            sims = _mask_(scaled[start:end] @ txt.T, ctx.text_ids, start, end)  # masked pairs: probability 0
+            probs = torch.sub(sims, row_lse[start:end, None]).exp_().add_(sims.sub_(col_lse[None, :]).exp_())
+            grad_img[start:end] = probs @ txt  # 2N · ∂L/∂S without the −I/N diagonal (added below)
             grad_txt.addmm_(probs.T, img[start:end])
-            grad_scale = grad_scale + (probs * dots).sum()
-        grad_img = (grad_img - txt / n) * (scale * grad_loss)
-        grad_txt = (grad_txt - img / n) * (scale * grad_loss)
-        grad_scale = grad_scale * grad_loss
+        # Σ_ij P_ij (I_i·T_j) = Σ_i (P T)_i · I_i: the scale's gradient without another (b, N) pass
+        grad_scale = ((grad_img * img).sum() / (2 * n) - ctx.positives / n) * grad_loss
+        grad_img = (grad_img / (2 * n) - txt / n) * (scale * grad_loss)
+        grad_txt = (grad_txt / (2 * n) - img / n) * (scale * grad_loss)
         dtype_i, dtype_t, dtype_s = ctx.dtypes
         return grad_img.to(dtype_i), grad_txt.to(dtype_t), grad_scale.to(dtype_s), None, None
 
