@@ -40,6 +40,7 @@ def test_run_all_refuses_a_missing_script(monkeypatch, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.slow  # a subprocess building four tiny models and a demo corpus (~10 s of CPU)
 def test_gpu_script_parses_and_its_python_part_runs_on_cpu(tmp_path):
     syntax = subprocess.run(["bash", "-n", str(BENCH / "gpu.sh")], capture_output=True, text=True)
     assert syntax.returncode == 0, syntax.stderr

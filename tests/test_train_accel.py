@@ -58,6 +58,7 @@ def test_compiled_towers_give_the_eager_loss_without_recompiling(tiny_model):
     assert compiled.state_dict().keys() == eager.state_dict().keys()  # checkpoints keep their names
 
 
+@pytest.mark.slow  # two ResNet steps (~3.5 s of CPU)
 def test_channels_last_cnn_tower_same_loss_on_cpu():
     torch.manual_seed(0)
     model = medclip.create_model("tiny-rn").train()
