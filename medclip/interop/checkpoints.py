@@ -80,3 +80,13 @@ def format_keys(keys, limit: int = 3) -> str:
     keys = list(keys)
     more = f" ... (+{len(keys) - limit} more)" if len(keys) > limit else ""
     return ", ".join(keys[:limit]) + more
+
+
+def reject_unknown(unknown: list[str], source: str, what: str) -> None:
+    """Raise one line naming the first keys a converter did not map (``what``: the format it expected).
+
+    Raises:
+        CheckpointError: ``unknown`` is not empty.
+    """
+    if unknown:
+        raise CheckpointError(f"{source}: unexpected keys for {what}: {format_keys(unknown)}")

@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 
 from ..errors import CheckpointError, MissingFileError
-from .checkpoints import format_keys, read_state_dict
+from .checkpoints import read_state_dict, reject_unknown
 from .clip_common import build_and_load, count_layers
 
 WEIGHTS = "pytorch_model.bin"
@@ -70,6 +70,5 @@ def convert_medclip_state(state: dict, source: str) -> dict:
             out[key] = value
         else:
             unknown.append(key)
-    if unknown:
-        raise CheckpointError(f"{source}: unexpected keys for MedCLIP-ResNet: {format_keys(unknown)}")
+    reject_unknown(unknown, source, "MedCLIP-ResNet")
     return out

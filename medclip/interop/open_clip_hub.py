@@ -20,8 +20,8 @@ from __future__ import annotations
 import json
 import os
 
-from ..errors import CheckpointError, ConfigError, MissingFileError, require_file
-from .checkpoints import format_keys, read_state_dict
+from ..errors import ConfigError, MissingFileError, require_file
+from .checkpoints import read_state_dict, reject_unknown
 from .clip_common import build_and_load
 from .open_clip import config_from_open_clip, convert_open_clip_state
 
@@ -159,6 +159,5 @@ def _custom_text_state(state: dict, source: str) -> dict:
             out[key] = value
         else:
             unknown.append(key)
-    if unknown:
-        raise CheckpointError(f"{source}: unexpected keys for a timm + HF text model: {format_keys(unknown)}")
+    reject_unknown(unknown, source, "a timm + HF text model")
     return out

@@ -27,7 +27,7 @@ import os
 import torch
 
 from ..errors import CheckpointError, MissingFileError
-from .checkpoints import format_keys, read_state_dict
+from .checkpoints import read_state_dict, reject_unknown
 from .clip_common import build_and_load
 from .open_clip import _resnet_config, visual_to_timm
 
@@ -110,6 +110,5 @@ def convert_pmc_clip_state(state: dict, source: str) -> dict:
             out[key] = value
         else:
             unknown.append(key)
-    if unknown:
-        raise CheckpointError(f"{source}: unexpected keys for PMC-CLIP: {format_keys(unknown)}")
+    reject_unknown(unknown, source, "PMC-CLIP")
     return out

@@ -24,7 +24,7 @@ import os
 import torch
 
 from ..errors import CheckpointError, ConfigError, MissingFileError
-from .checkpoints import format_keys
+from .checkpoints import reject_unknown
 from .clip_common import build_and_load
 from .hf_clip import _read_weights
 
@@ -144,8 +144,7 @@ def convert_siglip_state(state: dict, source: str) -> dict:
             if any(p is None for p in pieces):
                 raise CheckpointError(f"{source}: layer {block} q/k/v {kind}s incomplete")
             out[f"visual.trunk.blocks.{block}.attn.qkv.{kind}"] = torch.cat(pieces, dim=0)
-    if unknown:
-        raise CheckpointError(f"{source}: unexpected keys for a SiglipModel: {format_keys(unknown)}")
+    reject_unknown(unknown, source, "a SiglipModel")
     return out
 
 
