@@ -40,7 +40,7 @@ BF16_PEAK_TFLOPS = (("GH200", 989.4), ("H200", 989.4), ("H100 PCIe", 756.0), ("H
                     ("A10", 125.0))
 FULL = {"archs": ("ViT-B-16", "RN50"), "batch": 256, "loss_n": (32768, 65536), "patients": 100, "image": 256,
         "zs_arch": "ViT-B-16"}
-TINY = {"archs": ("tiny-vit", "tiny-rn"), "batch": 4, "loss_n": (512, 1024), "patients": 8, "image": 64,
+TINY = {"archs": ("tiny-vit", "tiny-rn"), "batch": 24, "loss_n": (512, 1024), "patients": 8, "image": 64,
         "zs_arch": "tiny-vit"}
 # open_clip-side configs of the tiny architectures (a ModifiedResNet needs RN50's depths to map onto timm)
 TINY_OPEN_CLIP = {
@@ -104,17 +104,19 @@ def model_pair(arch: str, tiny: bool):
     return ours, theirs
 
 
-def demo_reports(manifest: Path) -> list[str]:
+def demo_reports(manifest: Path, batch: int) -> list[str]:
+    """The demo corpus's reports, repeated until one batch can be drawn without replacement."""
     import pandas as pd
 
-    return pd.read_csv(manifest)["report"].dropna().astype(str).tolist()
+    texts = pd.read_csv(manifest)["report"].dropna().astype(str).tolist()
+    return texts * -(-batch // len(texts))
 
 
 def section_train(args, sizes, device, manifest) -> list[list[str]]:
     """Training step rows: per architecture, open_clip and ours (pairs/s, ratio, MFU)."""
     precision = "bf16" if device.type == "cuda" else "fp32"
     peak, _ = card_peak(device)
-    texts, rows = demo_reports(manifest), []
+    texts, rows = demo_reports(manifest, sizes["batch"]), []
     for arch in sizes["archs"]:
         ours, theirs = (m.to(device).train() for m in model_pair(arch, args.tiny))
         size = ours.config.vision.image_size
