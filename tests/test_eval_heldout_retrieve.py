@@ -17,10 +17,18 @@ def demo_manifest(demo_corpus):
 
 @pytest.mark.slow
 def test_demo_report_on_test_split_with_ci_and_probe(tiny_model, demo_manifest, tmp_path):
-    from medclip.eval.heldout_demo import DEMO_CLASSES, HELDOUT_CLASS, demo_report, format_demo_report, report_pvalues
+    from medclip.eval.heldout_demo import (
+        DEMO_CLASSES,
+        HELDOUT_CLASS,
+        DemoReportOptions,
+        demo_report,
+        format_demo_report,
+        report_pvalues,
+    )
     from medclip.eval.significance import verdicts
 
-    report = demo_report(tiny_model, demo_manifest, str(tmp_path), n_bootstrap=100, probe_seeds=(0, 1), shots=3)
+    report = demo_report(tiny_model, demo_manifest, str(tmp_path),
+                         DemoReportOptions(n_bootstrap=100, probe_seeds=(0, 1), shots=3))
     df = pd.read_csv(demo_manifest)
     test = df[df["split"] == "test"]
     assert report["n_images"] == len(test) and report["split"] == "test"
@@ -41,12 +49,13 @@ def test_demo_report_on_test_split_with_ci_and_probe(tiny_model, demo_manifest, 
 def test_demo_prompts_must_use_training_words_only(tiny_model, demo_manifest):
     import copy
 
-    from medclip.eval.heldout_demo import DEMO_CLASSES, HELDOUT_CLASS, demo_report
+    from medclip.eval.heldout_demo import DEMO_CLASSES, HELDOUT_CLASS, DemoReportOptions, demo_report
 
     classes = copy.deepcopy(DEMO_CLASSES)
     classes["classes"][HELDOUT_CLASS]["prompts"] = ["apical opacity on the left"]
     with pytest.raises(DataError, match="apical"):
-        demo_report(tiny_model, demo_manifest, classes=classes, n_bootstrap=10, probe_seeds=())
+        demo_report(tiny_model, demo_manifest, options=DemoReportOptions(classes=classes, n_bootstrap=10,
+                                                                         probe_seeds=()))
 
 
 @pytest.mark.slow

@@ -69,6 +69,20 @@ class ImageReportDataset(Dataset):
         return item
 
 
+def _read_prepared_manifest(manifest: Path, data_config: DataConfig) -> tuple[pd.DataFrame, pd.DataFrame, Path]:
+    """:func:`prepare_manifest`'s result for a manifest ``medclip data prepare`` checked and split once."""
+    from .prepare import QUARANTINE, prepared_dir, read_prepared
+
+    good, info = read_prepared(prepared_dir(manifest))
+    wanted = list(data_config.sections) if data_config.sections else None
+    if info.get("reports", True) and info.get("sections") != wanted:
+        raise DataError(f"{manifest}: prepared with report sections {info.get('sections')}, the recipe wants "
+                        f"{wanted}; run 'medclip data prepare' with --sections {','.join(wanted or ['all'])}")
+    logger.info("data: %d prepared rows from %s (checked once by 'medclip data prepare')", len(good), manifest)
+    quarantine = pd.read_csv(prepared_dir(manifest) / QUARANTINE, dtype={"image": str}, keep_default_na=False)
+    return good, quarantine, prepared_dir(manifest) / QUARANTINE
+
+
 def prepare_manifest(data_config: DataConfig, decode=None, seed: int = 0,
                      out_dir: str | os.PathLike | None = None) -> tuple[pd.DataFrame, pd.DataFrame, Path]:
     """Load, check, quarantine and (if needed) split the manifest of ``data_config``.
@@ -90,17 +104,10 @@ def prepare_manifest(data_config: DataConfig, decode=None, seed: int = 0,
         if not demo_corpus_current(manifest):  # missing, or written by an older version: never reuse that
             logger.info("data: generating the demo corpus in %s", manifest.parent)
             manifest = Path(make_demo_corpus(manifest.parent, manifest_name=manifest.name))
-    from .prepare import QUARANTINE, prepared_dir, read_prepared
+    from .prepare import prepared_dir
 
     if prepared_dir(manifest):  # `medclip data prepare` checked and split it once: read, never re-check
-        good, info = read_prepared(prepared_dir(manifest))
-        wanted = list(data_config.sections) if data_config.sections else None
-        if info.get("reports", True) and info.get("sections") != wanted:
-            raise DataError(f"{manifest}: prepared with report sections {info.get('sections')}, the recipe wants "
-                            f"{wanted}; run 'medclip data prepare' with --sections {','.join(wanted or ['all'])}")
-        logger.info("data: %d prepared rows from %s (checked once by 'medclip data prepare')", len(good), manifest)
-        quarantine = pd.read_csv(prepared_dir(manifest) / QUARANTINE, dtype={"image": str}, keep_default_na=False)
-        return good, quarantine, prepared_dir(manifest) / QUARANTINE
+        return _read_prepared_manifest(manifest, data_config)
     df = load_manifest(manifest, data_config.columns)
     good, quarantine = check_manifest(df, data_config.sections, decode=decode, verify_images=data_config.verify_images,
                                       sections_missing=data_config.sections_missing)

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import re
+from dataclasses import dataclass
 
 import pandas as pd
 
@@ -89,21 +90,35 @@ def _demo_frame(manifest: str, classes: dict) -> pd.DataFrame:
     return df
 
 
-def demo_report(model, manifest: str, output: str | None = None, *, split: str = "test", classes: dict | None = None,
-                n_bootstrap: int = N_BOOTSTRAP, seed: int = 0, probe_seeds: tuple[int, ...] = (0, 1, 2, 3, 4),
-                shots: int = 16) -> dict:
-    """Zero-shot AUROCs (findings and the held-out combination) and probe-vs-random on the demo corpus.
+@dataclass
+class DemoReportOptions:
+    """Options of :func:`demo_report`.
 
-    Args:
-        model: a :class:`medclip.CLIP` trained on the demo corpus.
-        manifest: the demo manifest CSV.
-        output: folder for the zero-shot outputs (probabilities, metrics, ROC plot) and ``demo_report.json``.
+    Attributes:
         split: the evaluated split (``test``; shots of the probe come from ``train``).
         classes: class-file dict (default :data:`DEMO_CLASSES`).
         n_bootstrap: bootstrap resamples (patient-level) of the CIs.
         seed: bootstrap seed.
         probe_seeds: seeds of the few-shot probe (empty: no probe).
         shots: positive and negative examples per finding of the probe.
+    """
+
+    split: str = "test"
+    classes: dict | None = None
+    n_bootstrap: int = N_BOOTSTRAP
+    seed: int = 0
+    probe_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    shots: int = 16
+
+
+def demo_report(model, manifest: str, output: str | None = None, options: DemoReportOptions | None = None) -> dict:
+    """Zero-shot AUROCs (findings and the held-out combination) and probe-vs-random on the demo corpus.
+
+    Args:
+        model: a :class:`medclip.CLIP` trained on the demo corpus.
+        manifest: the demo manifest CSV.
+        output: folder for the zero-shot outputs (probabilities, metrics, ROC plot) and ``demo_report.json``.
+        options: split, classes, bootstrap and probe settings (:class:`DemoReportOptions`; default: its defaults).
 
     Returns:
         dict: ``zeroshot`` (class -> ``value``, ``ci_low``, ``ci_high``, ``p``, ``n_positive``,
@@ -113,7 +128,9 @@ def demo_report(model, manifest: str, output: str | None = None, *, split: str =
     from .probe import probe_vs_random
     from .prompts import parse_class_file
 
-    classes = classes or DEMO_CLASSES
+    opts = options or DemoReportOptions()
+    split, n_bootstrap, seed = opts.split, opts.n_bootstrap, opts.seed
+    classes = opts.classes or DEMO_CLASSES
     df = _demo_frame(manifest, classes)
     rows = df[df["split"] == split].reset_index(drop=True)
     if rows.empty:
@@ -132,10 +149,10 @@ def demo_report(model, manifest: str, output: str | None = None, *, split: str =
         report["heldout_among_opacities"] = auroc_test(sub[f"label/{HELDOUT_ZONE_CLASS}"],
                                                        sub[f"prob/{HELDOUT_ZONE_CLASS}"], sub["patient_id"],
                                                        n_bootstrap, seed)
-    if probe_seeds:
+    if opts.probe_seeds:
         train = df[df["split"] == "train"].reset_index(drop=True)
         try:
-            report["probe"] = probe_vs_random(model, train, rows, list(FINDINGS), shots, probe_seeds)
+            report["probe"] = probe_vs_random(model, train, rows, list(FINDINGS), opts.shots, opts.probe_seeds)
         except DataError as exc:  # a corpus too small for the shots: say so, keep the zero-shot results
             report["probe_skipped"] = str(exc)
     if output:
