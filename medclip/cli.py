@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from .errors import MedclipError
@@ -66,8 +67,11 @@ def configure_logging(level: int = logging.INFO) -> None:
     """Send ``medclip``/``medclip_adapters`` log records (and Python warnings) to stderr at ``level``.
 
     Called once per CLI invocation (repeated calls replace the handler). Progress and facts about a run
-    are INFO; ``--quiet`` shows warnings and errors only, ``--verbose`` adds DEBUG.
+    are INFO; ``--quiet`` shows warnings and errors only, ``--verbose`` adds DEBUG. Under ``torchrun`` only
+    rank 0 prints INFO (the other ranks would repeat it); every rank prints its warnings and errors.
     """
+    if os.environ.get("RANK", "0") != "0":
+        level = max(level, logging.WARNING)
     logging.captureWarnings(True)
     for name in ("medclip", "medclip_adapters", "py.warnings"):
         log = logging.getLogger(name)

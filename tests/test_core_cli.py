@@ -30,3 +30,23 @@ def test_unknown_model_is_one_line_error():
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "unknown model 'ViT-Q-99'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_logging_levels_quiet_verbose_and_other_ranks(monkeypatch, capsys):
+    import logging
+
+    log = logging.getLogger("medclip.test")
+    for argv, rank, shown in ((["info"], "0", ["info", "warning"]), (["--quiet", "info"], "0", ["warning"]),
+                              (["info", "--verbose"], "0", ["debug", "info", "warning"]), (["info"], "1", ["warning"])):
+        monkeypatch.setenv("RANK", rank)
+        assert main(argv) == 0
+        capsys.readouterr()
+        log.debug("debug line")
+        log.info("info line")
+        log.warning("warning line")
+        err = capsys.readouterr().err
+        assert [w for w in ("debug", "info", "warning") if f"{w} line" in err] == shown, (argv, rank, err)
+    assert "warning: warning line" in err  # warnings are labelled; info lines are plain progress
+    monkeypatch.setenv("RANK", "0")
+    main(["info"])  # leave logging as any other CLI call leaves it (INFO)
+    capsys.readouterr()
