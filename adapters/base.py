@@ -110,15 +110,18 @@ class FewShotMethod:
 
     @classmethod
     def option_names(cls) -> list[str]:
+        """Names of the method's hyperparameters (the fields of ``config_class``)."""
         return [f.name for f in dataclasses.fields(cls.config_class)]
 
     @property
     def hparams(self) -> dict:
+        """The method's hyperparameters as a plain dict (``config`` as set at construction)."""
         return dataclasses.asdict(self.config)
 
     # -- helpers shared by methods
     @property
     def tokenizer(self):
+        """The tokenizer given at construction, else the model's (``medclip.get_tokenizer``), built once."""
         if self._tokenizer is None:
             import medclip
 
@@ -126,9 +129,11 @@ class FewShotMethod:
         return self._tokenizer
 
     def generator(self) -> torch.Generator:
+        """A fresh CPU generator seeded with the method's ``seed`` (initialisation and shuffling)."""
         return torch.Generator().manual_seed(int(self.seed))
 
     def image_features(self, frame) -> torch.Tensor:
+        """The frozen image tower's features ``(N, D)`` of ``frame["image"]``, through the feature cache."""
         return self.cache.features(self.model, frame["image"].tolist())
 
     def text_features(self) -> torch.Tensor:
@@ -139,6 +144,7 @@ class FewShotMethod:
             return ZeroShotClassifier(self.model, self.task, self.tokenizer).targets
 
     def logit_scale(self) -> float:
+        """The frozen model's temperature (``exp`` of its learned logit scale, clamped)."""
         return float(self.model.get_logit_scale().detach())
 
     # -- the interface
@@ -237,7 +243,17 @@ _METHODS: dict[str, type[FewShotMethod]] = {}
 
 
 def register_method(cls: type[FewShotMethod]) -> type[FewShotMethod]:
-    """Class decorator: make ``cls`` available as ``create_method(cls.name, ...)``."""
+    """Class decorator: make ``cls`` available as ``create_method(cls.name, ...)``.
+
+    Args:
+        cls: a :class:`FewShotMethod` subclass with a ``name``.
+
+    Returns:
+        type[FewShotMethod]: ``cls`` itself.
+
+    Raises:
+        ValueError: ``cls`` has no ``name``.
+    """
     if not cls.name:
         raise ValueError(f"{cls.__name__} needs a name")
     _METHODS[cls.name] = cls
@@ -245,18 +261,47 @@ def register_method(cls: type[FewShotMethod]) -> type[FewShotMethod]:
 
 
 def list_methods() -> list[str]:
-    """Registered method names."""
+    """Registered method names.
+
+    Returns:
+        list[str]: the names, sorted.
+    """
     return sorted(_METHODS)
 
 
 def get_method_class(name: str) -> type[FewShotMethod]:
+    """The class registered under ``name``.
+
+    Args:
+        name: a registered method name (:func:`list_methods`).
+
+    Returns:
+        type[FewShotMethod]: the method class.
+
+    Raises:
+        ConfigError: no method has that name (the available ones are listed).
+    """
     if name not in _METHODS:
         raise ConfigError(f"unknown few-shot method '{name}' (available: {', '.join(list_methods())})")
     return _METHODS[name]
 
 
 def create_method(name: str, model, task: Task, **kwargs) -> FewShotMethod:
-    """Instantiate a registered method (see :class:`FewShotMethod` for the arguments)."""
+    """Instantiate a registered method.
+
+    Args:
+        name: a registered method name (:func:`list_methods`).
+        model: the frozen medclip CLIP model.
+        task: the classes and prompts.
+        **kwargs: the other arguments of :class:`FewShotMethod` (``cache``, ``tokenizer``, ``seed``,
+            ``progress``) and the method's hyperparameters.
+
+    Returns:
+        FewShotMethod: the unfitted method.
+
+    Raises:
+        ConfigError: an unknown method name or hyperparameter.
+    """
     return get_method_class(name)(model, task, **kwargs)
 
 
@@ -269,7 +314,20 @@ def read_method_meta(folder: str) -> dict:
 
 
 def load_method(folder: str, model, cache: FeatureCache | None = None, **kwargs) -> FewShotMethod:
-    """Rebuild a saved adapter on ``model`` (the same base model it was trained on)."""
+    """Rebuild a saved adapter on ``model`` (the same base model it was trained on).
+
+    Args:
+        folder: a folder written by :meth:`FewShotMethod.save`.
+        model: the base CLIP model the adapter was trained on.
+        cache: the image-feature cache (a memory-only one by default).
+        **kwargs: further arguments of :class:`FewShotMethod` (e.g. ``progress``).
+
+    Returns:
+        FewShotMethod: the fitted method, ready for ``predict_proba``.
+
+    Raises:
+        MissingFileError: the folder has no method file.
+    """
     meta = read_method_meta(folder)
     task = Task(**meta["task"])
     method = create_method(meta["method"], model, task, cache=cache, seed=meta.get("seed", 0), **kwargs)

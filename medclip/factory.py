@@ -41,7 +41,19 @@ def create_model(name_or_config: str | ModelConfig = "ViT-B-32", device: str | t
 
 
 def from_pretrained(folder: str, map_location: str | torch.device = "cpu") -> CLIP:
-    """Load a model folder written by :meth:`CLIP.save_pretrained` (``config.json`` + ``model.safetensors``)."""
+    """Load a model folder written by :meth:`CLIP.save_pretrained` (``config.json`` + ``model.safetensors``).
+
+    Args:
+        folder: the model folder.
+        map_location: device the weights are loaded onto.
+
+    Returns:
+        CLIP: the model, with the folder's config and weights.
+
+    Raises:
+        MissingFileError: ``config.json`` or ``model.safetensors`` is missing.
+        CheckpointError: a corrupt file or weights that do not match the config.
+    """
     return CLIP.from_pretrained(folder, map_location=map_location)
 
 

@@ -23,12 +23,24 @@ def _builtin_names() -> list[str]:
 
 
 def list_models() -> list[str]:
-    """Names of all registered architectures (built-in YAML configs plus registered ones)."""
+    """Names of all registered architectures (built-in YAML configs plus registered ones).
+
+    Returns:
+        list[str]: the names, sorted.
+    """
     return sorted(set(_builtin_names()) | set(_EXTRA))
 
 
 def register_model_config(name: str, config: dict) -> None:
-    """Register an architecture under ``name`` from a nested dict (validated now)."""
+    """Register an architecture under ``name`` from a nested dict (validated now).
+
+    Args:
+        name: the architecture name :func:`create_model` and :func:`get_model_config` will accept.
+        config: a nested dict in the layout of ``medclip/model_configs/*.yaml``.
+
+    Raises:
+        ConfigError: ``config`` is not a valid :class:`ModelConfig` (unknown or mistyped keys named).
+    """
     from_dict(ModelConfig, config)
     _EXTRA[name] = config
 
@@ -47,6 +59,16 @@ def get_model_config_dict(name: str) -> dict:
 
 def get_model_config(name: str, **overrides) -> ModelConfig:
     """Build the :class:`ModelConfig` of ``name`` with nested overrides.
+
+    Args:
+        name: a registered architecture (:func:`list_models`) or a YAML file path.
+        **overrides: nested values merged over the architecture's (``vision={...}``, ``text={...}``, ...).
+
+    Returns:
+        ModelConfig: the validated config (its ``name`` is ``name`` unless the overrides set one).
+
+    Raises:
+        ConfigError: an unknown architecture, or overrides that are not valid config keys/values.
 
     Example:
         ``get_model_config("ViT-B-16", vision={"in_chans": 1}, text={"act": "quick_gelu"})``

@@ -271,7 +271,14 @@ def _colour_to_unit(ds, arr: np.ndarray, photometric: str, path: str) -> np.ndar
 
 
 def phi_tags_present(path: str | os.PathLike) -> list[str]:
-    """Names of the PHI tags a DICOM file carries (never their values); [] for non-DICOM or unreadable files."""
+    """Names of the PHI tags a DICOM file carries (never their values); [] for non-DICOM or unreadable files.
+
+    Args:
+        path: the image file.
+
+    Returns:
+        list[str]: the tags of :data:`PHI_TAGS` present with a non-empty value, in that order.
+    """
     import pydicom
 
     with quiet_pydicom():

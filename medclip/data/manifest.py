@@ -195,6 +195,10 @@ def check_manifest(df: pd.DataFrame, sections: list[str] | None = ("findings", "
         sections_missing: a report with headings but none of ``sections`` (``History:``/``Follow-up:``
             only): ``whole`` uses the whole report (good rows get ``whole_report`` True, counted by
             :func:`summarize`), ``quarantine`` quarantines the row.
+
+    Returns:
+        tuple[pd.DataFrame, pd.DataFrame]: the good rows (with ``text``) and the quarantine table
+        (``line``, ``image``, ``reason``).
     """
     from tqdm.auto import tqdm
 
@@ -289,7 +293,15 @@ def _reason(exc: BaseException, path: str) -> str:
 
 
 def write_quarantine(quarantine: pd.DataFrame, out_dir: str | os.PathLike) -> Path:
-    """Write ``quarantine.csv`` (line, image, reason) into ``out_dir`` and return its path."""
+    """Write ``quarantine.csv`` (line, image, reason) into ``out_dir`` and return its path.
+
+    Args:
+        quarantine: the quarantine table of :func:`check_manifest`.
+        out_dir: the folder (created if missing).
+
+    Returns:
+        Path: ``out_dir/quarantine.csv``.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "quarantine.csv"

@@ -87,6 +87,9 @@ def carve_validation(df: pd.DataFrame, val: float = 0.1, seed: int = 0) -> pd.Da
 def check_splits(df: pd.DataFrame) -> None:
     """Raise when a given ``split`` column leaks: one patient or image (component) in several splits.
 
+    Args:
+        df: manifest rows with ``split``, ``patient_id`` and ``image`` columns (empty splits are ignored).
+
     Raises:
         DataError: naming the first leaking patient/image, its splits and manifest lines.
     """

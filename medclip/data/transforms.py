@@ -61,6 +61,9 @@ def load_image(path: str | os.PathLike, window_index: int = 0, frame: int = 0,
         frame: which frame of a multi-frame DICOM.
         limits: pixel budget and minimum side, checked before decoding.
 
+    Returns:
+        np.ndarray: float32 pixels in [0, 1], (H, W) for grayscale or (H, W, 3) for colour.
+
     Raises:
         DataError: a one-line message naming the file and the problem.
     """

@@ -265,13 +265,16 @@ class Task:
 
     @property
     def label_kind(self) -> LabelKind:
+        """The single- or multi-label behaviour of this task (:data:`KINDS` by ``kind``)."""
         return KINDS[self.kind]
 
     @property
     def n_targets(self) -> int:
+        """Text targets scored: one per class (single-label), a positive and a negative per class (multi-label)."""
         return len(self.classes) * self.label_kind.targets_per_class
 
     def to_dict(self) -> dict:
+        """The task's fields as a plain dict (``Task(**task.to_dict())`` rebuilds it)."""
         return asdict(self)
 
     # -- labels
@@ -333,9 +336,11 @@ class Task:
         return {f"label/{n}": out.get(n, np.full(len(df), np.nan)) for n in self.classes}
 
     def labelled(self, y: np.ndarray) -> np.ndarray:
+        """Boolean mask of the rows of ``y`` (from :meth:`labels`) with at least one known label."""
         return self.label_kind.labelled(y)
 
     def indicator(self, y: np.ndarray) -> np.ndarray:
+        """Labels ``y`` as a 0/1/NaN matrix ``(N, K)``: one binary target per class/condition."""
         return self.label_kind.indicator(y, len(self.classes))
 
     def shot_groups(self, y: np.ndarray) -> list[tuple[np.ndarray, str]]:
