@@ -12,6 +12,8 @@ hf-clip         a folder with a Hugging Face ``config.json`` of ``model_type: cl
 siglip          a folder with a Hugging Face ``config.json`` of ``model_type: siglip`` (SigLIP, MedSigLIP)
 pmc-clip        a PMC-CLIP checkpoint (``visual.attnpool`` + ``text_encoder`` + ``text_projection`` keys; found
                 inside a bare file by its keys) or its three-file release folder; needs ``text_model``
+unimed-clip     a UniMed-CLIP checkpoint (OpenAI ViT ``visual.*`` + ``text_encoder.*``; found by its keys);
+                needs ``text_model``
 medclip-resnet  MedCLIP (Wang et al.) ResNet: ``pytorch_model.bin`` (folder or file; only with ``--from``)
 open-clip       a bare OpenAI / open_clip state dict file (CheXzero): needs ``model_name``
 ============== ==============================================================================
@@ -30,7 +32,8 @@ from dataclasses import dataclass, field
 from ..errors import CheckpointError, ConfigError, MissingFileError
 from ..paths import resolve_path
 
-FORMATS = ("medclip", "open-clip-hub", "biomedclip", "hf-clip", "siglip", "pmc-clip", "medclip-resnet", "open-clip")
+FORMATS = ("medclip", "open-clip-hub", "biomedclip", "hf-clip", "siglip", "pmc-clip", "unimed-clip", "medclip-resnet",
+           "open-clip")
 _ALIASES = {"biomedclip": "open-clip-hub"}
 _WEIGHT_FILE = (".safetensors", ".pt", ".pth", ".bin")
 
@@ -127,6 +130,11 @@ def load_model(path: str, fmt: str | None = None, model_name: str = "", text_mod
         from .hf_clip import from_hf_clip
 
         return Loaded(from_hf_clip(path), fmt, path, _files_like(path, "model"), license=read_license(path))
+    return _load_checkpoint(path, fmt, model_name, text_model)
+
+
+def _load_checkpoint(path: str, fmt: str, model_name: str, text_model: str | None) -> Loaded:
+    """The checkpoint formats (a weights file, or a release folder); bare files are told apart by their keys."""
     if fmt == "medclip-resnet":
         from .medclip_ryanwang import WEIGHTS, from_medclip_resnet
 
@@ -137,8 +145,15 @@ def load_model(path: str, fmt: str | None = None, model_name: str = "", text_mod
 
     if fmt == "open-clip" and not os.path.isdir(path):
         from .checkpoints import read_state_dict
+        from .unimed_clip import is_unimed_clip
 
-        fmt = "pmc-clip" if is_pmc_clip(read_state_dict(path, "weights file")) else fmt  # told apart by its keys
+        state = read_state_dict(path, "weights file")  # the formats are told apart by their keys
+        fmt = "pmc-clip" if is_pmc_clip(state) else "unimed-clip" if is_unimed_clip(state) else fmt
+    if fmt == "unimed-clip":
+        from .unimed_clip import from_unimed_clip
+
+        model, preprocess = from_unimed_clip(path, text_model)
+        return Loaded(model, fmt, path, [path], preprocess, tokenizer_dir=text_model)
     if fmt == "pmc-clip":
         model, preprocess = from_pmc_clip(path, text_model)
         files = [os.path.join(path, n) for n in THREE_FILES] if os.path.isdir(path) else [path]
