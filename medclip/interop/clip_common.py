@@ -78,3 +78,15 @@ def build_and_load(config: dict, state: dict, source: str) -> CLIP:
     check_state_dict(model, state, source)
     model.load_state_dict(state, strict=True)
     return model.eval()
+
+
+def require_text_model(text_model: str | None, source: str, model: str, hub_id: str) -> str:
+    """The local HF text-encoder folder a checkpoint names only by hub id, or a one-line error saying so."""
+    import os
+
+    from ..errors import MissingFileError
+
+    if not text_model or not os.path.isfile(os.path.join(text_model, "config.json")):
+        raise MissingFileError(f"{source}: {model} names its text encoder by hub id; pass --text-model DIR, a local "
+                               f"copy of {hub_id} (config.json and vocab.txt)")
+    return text_model

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import os
 
-from ..errors import CheckpointError, MissingFileError
+from ..errors import CheckpointError
 from .checkpoints import read_state_dict, reject_unknown
-from .clip_common import build_and_load, count_layers
+from .clip_common import build_and_load, count_layers, require_text_model
 
 WEIGHTS = "pytorch_model.bin"
 MEAN, STD = 0.5862785803043838, 0.27950088968644304
@@ -38,9 +38,7 @@ def from_medclip_resnet(path: str, text_model: str | None) -> tuple:
     if "vision_model.model.fc.weight" not in state or "text_model.projection_head.weight" not in state:
         raise CheckpointError(f"{source}: not a MedCLIP-ResNet state dict (needs vision_model.model.fc.weight and "
                               f"text_model.projection_head.weight)")
-    if not text_model or not os.path.isfile(os.path.join(text_model, "config.json")):
-        raise MissingFileError(f"{weights}: MedCLIP names its text encoder by hub id; pass --text-model DIR, a local "
-                               f"copy of emilyalsentzer/Bio_ClinicalBERT (config.json and vocab.txt)")
+    require_text_model(text_model, weights, "MedCLIP", "emilyalsentzer/Bio_ClinicalBERT")
     depths = [count_layers(state, f"vision_model.model.layer{i}.") for i in range(1, 5)]
     embed_dim = int(state["vision_model.model.fc.weight"].shape[0])
     vision = {"timm_model": "resnet50", "image_size": 224, "in_chans": 3, "proj": "linear",

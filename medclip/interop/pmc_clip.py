@@ -28,7 +28,7 @@ import torch
 
 from ..errors import CheckpointError, MissingFileError
 from .checkpoints import read_state_dict, reject_unknown
-from .clip_common import build_and_load
+from .clip_common import build_and_load, require_text_model
 from .open_clip import _resnet_config, visual_to_timm
 
 logger = logging.getLogger("medclip.interop")
@@ -82,10 +82,7 @@ def from_pmc_clip(path: str, text_model: str | None) -> tuple:
     if not is_pmc_clip(state):
         raise CheckpointError(f"{source}: not a PMC-CLIP checkpoint (needs visual.attnpool.*, text_encoder.* and "
                               f"text_projection)")
-    if not text_model or not os.path.isfile(os.path.join(text_model, "config.json")):
-        raise MissingFileError(f"{path}: PMC-CLIP names its text encoder by hub id; pass --text-model DIR, a local "
-                               f"copy of microsoft/BiomedNLP-PubMedBERT-base-uncased-abstract-fulltext (config.json "
-                               f"and vocab.txt)")
+    require_text_model(text_model, path, "PMC-CLIP", "microsoft/BiomedNLP-PubMedBERT-base-uncased-abstract-fulltext")
     vision = _resnet_config(state, {}, source)
     vision.update(mean=PREPROCESS["mean"], std=PREPROCESS["std"])
     projection = state["text_projection"]

@@ -17,11 +17,9 @@ The BERT config and vocabulary come from ``--text-model DIR`` (the code names th
 
 from __future__ import annotations
 
-import os
-
-from ..errors import CheckpointError, MissingFileError
+from ..errors import CheckpointError
 from .checkpoints import read_state_dict
-from .clip_common import build_and_load
+from .clip_common import build_and_load, require_text_model
 from .open_clip import _vit_config, visual_to_timm
 from .open_clip_hub import _custom_text_state
 
@@ -40,10 +38,7 @@ def from_unimed_clip(path: str, text_model: str | None) -> tuple:
     if not is_unimed_clip(state):
         raise CheckpointError(f"{source}: not a UniMed-CLIP checkpoint (needs visual.class_embedding and "
                               f"text_encoder.transformer.*)")
-    if not text_model or not os.path.isfile(os.path.join(text_model, "config.json")):
-        raise MissingFileError(f"{path}: UniMed-CLIP names its text encoder by hub id; pass --text-model DIR, a local "
-                               f"copy of microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract (config.json and "
-                               f"vocab.txt)")
+    require_text_model(text_model, path, "UniMed-CLIP", "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract")
     vision = _vit_config(state, "quick_gelu", {}, source)
     vision.update(PREPROCESS)
     config = {"embed_dim": int(state["visual.proj"].shape[1]), "vision": vision, "name": "unimed-clip",
