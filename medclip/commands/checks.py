@@ -41,13 +41,27 @@ def device(flag_value: str | None) -> str:
     return flag_value
 
 
-def output_folder(flag: str, path: str | None) -> None:
-    """Create the output folder now (or refuse a file / an unwritable place), before any work is done."""
+def output_folder(flag: str, path: str | None, create: bool = True) -> None:
+    """Refuse a file or an unwritable place as the output folder, before any work is done.
+
+    Args:
+        flag: the flag named in the message.
+        path: the folder (None: nothing to check).
+        create: create the folder now; False only checks that it could be created (the nearest
+            existing parent folder is writable), leaving nothing behind when a later check fails.
+    """
     if not path:
         return
     if os.path.exists(path) and not os.path.isdir(path):
         raise ConfigError(f"{flag} {path} is an existing file; give a folder (it will hold several files)")
-    problem = _unwritable(path)
+    target = path
+    if not create:
+        while not os.path.isdir(target):
+            parent = os.path.dirname(os.path.abspath(target))
+            if os.path.exists(target) or parent == target:
+                break
+            target = parent
+    problem = _unwritable(target)
     if problem:
         raise ConfigError(f"{flag} {path}: {problem}; choose a writable folder")
 

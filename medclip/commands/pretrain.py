@@ -33,7 +33,7 @@ def run(args) -> int:
     in_range("--max-minutes", args.max_minutes, 0, low_open=True)
     recipe = load_recipe(args.recipe, args.overrides)
     output = args.output or os.path.join("runs", Path(args.recipe).stem)
-    output_folder("--output", output)  # an existing file or an unwritable place: one line before any work
+    output_folder("--output", output, create=False)  # an existing file or an unwritable place: one line up front
     result = train(recipe, output, resume=args.resume, max_steps=args.max_steps, max_minutes=args.max_minutes,
                    overwrite=args.overwrite)
     if int(os.environ.get("RANK", "0")) == 0:
