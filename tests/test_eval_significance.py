@@ -88,5 +88,5 @@ def test_pretrain_summary_prints_tested_verdicts():
     r5 = next(line for line in text.splitlines() if line.strip().startswith("R@5"))
     assert r5.count("NOT above chance, Holm p=0.36") == 2  # 0.18 x 2 remaining after the four smaller ones
     r1 = next(line for line in text.splitlines() if line.strip().startswith("R@1:"))
-    assert r1.count("above chance, Holm p=0.002") == 2 and "NOT" not in r1  # 0.0004 x 6 = 0.0024
+    assert r1.count("above chance, Holm p=0.0024") == 2 and "NOT" not in r1  # 0.0004 x 6 = 0.0024
     assert "Holm-corrected over the 6 printed here" in text

@@ -7,7 +7,7 @@ import argparse
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out_dir", help="output folder (images/ and manifest.csv are written there)")
-    parser.add_argument("--patients", type=int, default=150, help="number of synthetic patients (default 150)")
+    parser.add_argument("--patients", type=int, default=300, help="number of synthetic patients (default 300)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same files")
     parser.add_argument("--image-size", type=int, default=128, help="nominal image side in pixels (default 128)")
 
@@ -26,6 +26,6 @@ def run(args: argparse.Namespace) -> int:
     counts = df.groupby("split").agg(images=("image", "size"), patients=("patient_id", "nunique"),
                                      heldout=("heldout", "sum"))
     print(counts.reindex(["train", "val", "test"]).to_string())
-    print(f"demo corpus written: {path} ({len(df)} images; held-out finding 'opacity in the left upper zone' "
-          f"only in val/test)")
+    print(f"demo corpus written: {path} ({len(df)} images; held out of training, only in val/test: an enlarged "
+          "heart with a left effusion, an opacity in the left upper zone)")
     return 0

@@ -176,7 +176,7 @@ def format_demo_report(report: dict, verdicts: dict[str, dict]) -> str:
              "prompted with text only, positive vs negative sentence):"]
     for name, r in report["zeroshot"].items():
         extra = "  [never in a training image or report]" if name in HELDOUT_COLUMNS else ""
-        lines.append(f"  {name:<31} AUROC {r['value']:.3f} (95% CI {r['ci_low']:.3f}-{r['ci_high']:.3f}; "
+        lines.append(f"  {name:<35} AUROC {r['value']:.3f} (95% CI {r['ci_low']:.3f}-{r['ci_high']:.3f}; "
                      f"{r['n_positive']} positive) {verdicts[f'zeroshot/{name}']['text']}{extra}")
     if "heldout_among_opacities" in report:
         r = report["heldout_among_opacities"]

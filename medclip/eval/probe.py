@@ -67,27 +67,29 @@ def probe_vs_random(model, train: pd.DataFrame, test: pd.DataFrame, findings: Se
 
     from .inputs import encode_images
 
-    paths = train["image"].tolist() + test["image"].tolist()
-    n_train = len(train)
-
-    def features(m) -> np.ndarray:
+    def features(m, paths) -> np.ndarray:
         with torch.no_grad():
-            feats, kept, bad = encode_images(m, paths, batch_size=batch_size, progress=False)
+            feats, kept, bad = encode_images(m, list(paths), batch_size=batch_size, progress=False)
         if bad:
             raise DataError(f"few-shot probe: {len(bad)} image(s) unreadable (first: {bad[0][1]})")
         return feats.numpy()
 
-    trained_x = features(model.eval())
+    test_paths = test["image"].tolist()
+    trained_test = features(model.eval(), test_paths)
+    trained_train = features(model, train["image"])
     out = {"trained": {f: [] for f in findings}, "random": {f: [] for f in findings}, "shots": shots,
            "seeds": list(seeds)}
     for seed in seeds:
-        random_x = features(random_like(model, seed))
         rng = np.random.default_rng(seed)
-        for finding in findings:
-            y_train, y_test = train[finding].to_numpy(int), test[finding].to_numpy(int)
-            idx = _draw_shots(y_train, shots, rng)
-            for name, x in (("trained", trained_x), ("random", random_x)):
-                out[name][finding].append(_fit_auroc(x[idx], y_train[idx], x[n_train:], y_test))
+        draws = {f: _draw_shots(train[f].to_numpy(int), shots, rng) for f in findings}
+        used = np.unique(np.concatenate(list(draws.values())))  # only the drawn images go through the random tower
+        random_x = features(random_like(model, seed), train["image"].iloc[used].tolist() + test_paths)
+        row_of = {int(i): r for r, i in enumerate(used)}
+        for finding, idx in draws.items():
+            y_train, y_test = train[finding].to_numpy(int)[idx], test[finding].to_numpy(int)
+            out["trained"][finding].append(_fit_auroc(trained_train[idx], y_train, trained_test, y_test))
+            rows = [row_of[int(i)] for i in idx]
+            out["random"][finding].append(_fit_auroc(random_x[rows], y_train, random_x[len(used):], y_test))
     out["macro_trained"] = np.mean([out["trained"][f] for f in findings], axis=0).tolist()
     out["macro_random"] = np.mean([out["random"][f] for f in findings], axis=0).tolist()
     test_result = ttest_rel(out["macro_trained"], out["macro_random"], alternative="greater")

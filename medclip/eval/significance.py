@@ -57,10 +57,10 @@ def verdicts(pvalues: Mapping[str, float], alpha: float = ALPHA) -> dict[str, di
 
 
 def format_p(p: float) -> str:
-    """``0.003``, ``<0.001`` (as small as the test can show), ``0.18``."""
+    """Two significant digits (``0.012``, ``0.18``, ``1``); ``<0.001`` below that."""
     if p < 0.001:
         return "<0.001"
-    return f"{p:.3f}" if p < 0.01 else f"{p:.2f}"
+    return f"{p:.2g}"
 
 
 def auroc_test(y: np.ndarray, score: np.ndarray, groups: Sequence | None = None, n_bootstrap: int = 1000,

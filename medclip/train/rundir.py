@@ -26,7 +26,7 @@ logger = logging.getLogger("medclip.train")
 
 LOCK_NAME = "run.lock"
 # outputs of a run, removed by --overwrite (nothing else in the folder is touched)
-RUN_OUTPUTS = ("checkpoints", "model", "best", "metrics.csv", "tensorboard", "loss_curve.png", "zeroshot_heldout",
+RUN_OUTPUTS = ("checkpoints", "model", "best", "metrics.csv", "tensorboard", "loss_curve.png", "demo_eval",
                "recipe.yaml")
 # recipe keys a resumed run may change: the peak lr (what the divergence message tells users to lower), the
 # time/step budgets, logging/validation/checkpoint frequency, loader workers and CPU threads
