@@ -11,7 +11,7 @@ import torch
 
 import medclip
 from medclip.cli import main
-from medclip.errors import ConfigError
+from medclip.errors import ConfigError, MissingFileError
 from medclip.interop.formats import load_model
 
 TOL = 1e-5
@@ -80,6 +80,10 @@ def test_siglip_folder_matches_transformers(tmp_path, monkeypatch):
 def test_siglip_bad_settings_are_one_line(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(__import__("pathlib").Path(__file__).parent))
     folder, _, _ = _siglip_folder(tmp_path)
+    (folder / "spiece.model").rename(tmp_path / "spiece.moved")  # a folder copied without its tokenizer
+    with pytest.raises(MissingFileError, match="spiece.model"):
+        load_model(str(folder))
+    (tmp_path / "spiece.moved").rename(folder / "spiece.model")
     config = json.loads((folder / "config.json").read_text())
     config["vision_config"]["hidden_act"] = "relu"
     (folder / "config.json").write_text(json.dumps(config))
