@@ -166,10 +166,14 @@ def _read_reports(reports: list[str], paths: list[str], base: str) -> tuple[list
             continue
         report_file = os.path.normpath(os.path.join(base, rel.strip()))
         if report_file not in seen:
-            try:
-                seen[report_file] = (read_report_file(report_file), "")
-            except (MedclipError, OSError) as exc:
-                seen[report_file] = ("", _reason(exc, report_file))
+            try:  # open directly (one syscall less than checking first); errors get read_report_file's message
+                with open(report_file, encoding="utf-8") as f:
+                    seen[report_file] = (f.read(), "")
+            except (OSError, UnicodeDecodeError):
+                try:
+                    seen[report_file] = (read_report_file(report_file), "")
+                except (MedclipError, OSError) as exc:
+                    seen[report_file] = ("", _reason(exc, report_file))
         texts[i], errors[i] = seen[report_file]
     return texts, errors
 

@@ -27,7 +27,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..config import from_dict
 from ..errors import DataError
+from .config import ManifestColumns
 from .csvsafe import unescape_frame, write_csv
 from .manifest import QUARANTINE_COLUMNS, canonical_rows, check_manifest, read_manifest_table
 
@@ -53,13 +55,11 @@ def relative_paths(paths: list[str], folder: str | os.PathLike) -> list[str]:
     full = [p for p in paths if p]
     if not full:
         return paths
-    try:
-        common = os.path.commonpath(full)
-        prefix = os.path.relpath(common, folder)
-    except ValueError:  # relative paths mixed in, or another drive (Windows): one by one
+    if not all(os.path.isabs(p) for p in (min(full), max(full))) or os.altsep:
         return [os.path.relpath(p, folder) if p else "" for p in paths]
-    if common in full:  # a single distinct path: the common path is the file itself
-        return [os.path.relpath(p, folder) if p else "" for p in paths]
+    shared = os.path.commonprefix([min(full), max(full)])  # of the sorted extremes = of all (string prefix)
+    common = shared[:shared.rfind(os.sep)] or os.sep  # back to a folder boundary
+    prefix = os.path.relpath(common, folder)
     cut = len(common.rstrip(os.sep)) + 1
     return [(p[cut:] if prefix == "." else prefix + os.sep + p[cut:]) if p else "" for p in paths]
 
@@ -248,7 +248,7 @@ def _merge_and_write(parts, reports, manifest, out_dir, columns, sections, split
     if good.empty:
         raise DataError(f"{manifest}: no usable rows (all {len(quarantine)} quarantined)")
     good, split_info = _split(good, manifest, *split)
-    _, cols = read_manifest_table(manifest, columns, reports=False)
+    cols = columns if isinstance(columns, ManifestColumns) else from_dict(ManifestColumns, columns, "data.columns")
     info = {"source": str(Path(manifest).resolve()), "source_sha256": file_sha256(manifest), "reports": reports,
             "sections": list(sections) if sections else None, "split": split_info, "labels": list(cols.labels),
             "transform": _describe(transform)}
