@@ -97,7 +97,8 @@ def test_a_fixed_batch_gives_the_same_loss_as_the_csv_path(sharded, tiny_model):
     csv = ImageReportDataset(rows.reset_index(drop=True), tf, medclip.get_tokenizer("tiny-vit"), ["opacity"])
     items = torch.utils.data.default_collate([csv[i] for i in range(len(csv))])
     torch.testing.assert_close(batch["image"], items["image"], rtol=0, atol=0)  # bit-identical pixels
-    assert torch.equal(batch["text"], items["text"]) and torch.equal(batch["labels"], items["labels"])
+    for key in ("text", "text_id", "labels"):
+        assert torch.equal(batch[key], items[key]), key
     with torch.no_grad():
         losses = [clip_loss(**tiny_model(b["image"], b["text"])).item() for b in (batch, items)]
     assert losses[0] == losses[1]

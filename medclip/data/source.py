@@ -134,7 +134,10 @@ class ShardStream(torch.utils.data.IterableDataset):
         with torch.random.fork_rng(devices=[]):  # augmentation seeded by (seed, epoch, row): as the CSV path
             torch.manual_seed(_seed(self.info["seed"], self.info["epoch"], meta["line"]))
             image = self.transform.finish(dequantize(stored))
-        item = {"image": image, "text": self.tokenizer([raw["txt"].decode("utf-8")])[0],
+        from ..loss import text_id
+
+        text = raw["txt"].decode("utf-8")
+        item = {"image": image, "text": self.tokenizer([text])[0], "text_id": text_id(text),
                 "patient_id": meta["patient_id"], "path": meta["image"]}
         if self.labels:
             item["labels"] = torch.tensor([np.nan if meta["labels"].get(k) is None else meta["labels"][k]
