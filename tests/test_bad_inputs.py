@@ -282,3 +282,22 @@ def test_training_data_preparation_quarantines_with_the_same_reasons(world, chec
     assert dict(zip(quarantine["line"], quarantine["reason"])) == dict(zip(expected["line"], expected["reason"]))
     out, err = capfd.readouterr()
     assert not any(s in out + err + caplog.text for s in (crafted.FAKE_NAME, crafted.FAKE_ID, crafted.FAKE_BIRTH))
+
+
+def test_unverified_bad_image_mid_epoch_is_skipped_not_fatal(world, tokenizer, caplog):
+    """With data.verify_images: false nothing is decoded up front; a bomb met mid-epoch is skipped with its
+    reason in the log and the epoch completes."""
+    import logging
+
+    import medclip
+    from medclip.data import build_image_transform
+    from medclip.data.dataset import ImageReportDataset
+
+    paths = [str(world.img / "good0.png"), str(world.img / "j2k.dcm"), str(world.img / "good2.png")]
+    df = pd.DataFrame({"image": paths, "text": ["a", "b", "c"], "patient_id": ["1", "2", "3"]})
+    transform = build_image_transform(medclip.config.VisionConfig(image_size=32, in_chans=1))
+    dataset = ImageReportDataset(df, transform, tokenizer)
+    with caplog.at_level(logging.WARNING):
+        batch = next(iter(torch.utils.data.DataLoader(dataset, batch_size=3)))
+    assert batch["image"].shape == (3, 1, 32, 32) and batch["path"] == [paths[0], paths[2], paths[2]]
+    assert "j2k.dcm" in caplog.text and "codestream header declares 16000 x 16000" in caplog.text

@@ -57,8 +57,9 @@ class ImageReportDataset(Dataset):
         return len(self.df)
 
     def __getitem__(self, index: int) -> dict:
+        index, image = self._first_readable(index)
         item = {
-            "image": self.image_transform(self.paths[index]),
+            "image": image,
             "text": self.tokenizer([self.texts[index]])[0],
             "text_id": self.text_ids[index],
             "patient_id": self.patients[index],
@@ -67,6 +68,21 @@ class ImageReportDataset(Dataset):
         if self.labels is not None:
             item["labels"] = self.labels[index]
         return item
+
+    def _first_readable(self, index: int):
+        """``(index, image)`` of this row, or of the next readable one when its image fails mid-run (only
+        possible with ``data.verify_images: false``): logged with the file and the reason, never an abort."""
+        from ..errors import MedclipError
+        from .manifest import image_reason
+
+        for step in range(len(self.paths)):
+            i = (index + step) % len(self.paths)
+            try:
+                return i, self.image_transform(self.paths[i])
+            except MedclipError as exc:
+                logger.warning("data: skipped %s in this batch (%s); set data.verify_images: true to quarantine "
+                               "unreadable images before training", self.paths[i], image_reason(exc, self.paths[i]))
+        raise DataError("no image of this dataset can be read (every row failed; run medclip data check)")
 
 
 def _read_prepared_manifest(manifest: Path, data_config: DataConfig) -> tuple[pd.DataFrame, pd.DataFrame, Path]:
