@@ -7,6 +7,7 @@ site-packages path.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 
@@ -41,3 +42,12 @@ def save_safetensors(tensors: dict, path: str | os.PathLike, metadata: dict | No
     mask = os.umask(0)
     os.umask(mask)
     os.chmod(path, 0o666 & ~mask)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes (read in 1 MiB blocks), as a hex digest."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -8,7 +8,6 @@ Face text encoder's config and tokenizer files, when the model has one) and a mo
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 
@@ -43,9 +42,10 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from ..interop.formats import load_model
+    from ..paths import file_sha256
 
     loaded = load_model(args.source, args.kind, args.model_name, args.text_model)
-    hashes = {os.path.basename(p): sha256(p) for p in loaded.weights}
+    hashes = {os.path.basename(p): file_sha256(p) for p in loaded.weights}
     provenance = {"format": loaded.format, "source": str(args.source), "model_name": args.model_name,
                   "sha256": hashes, "license": loaded.license}
     loaded.model.save_pretrained(args.output, extra={"converted_from": provenance,
@@ -57,15 +57,6 @@ def run(args) -> int:
     print(f"wrote {args.output} (from {loaded.format}: {loaded.model.config.vision.timm_model}, {params:,} "
           f"parameters; reloaded folder matches the converted model, max |diff| {diff:.1e})")
     return 0
-
-
-def sha256(path: str) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB pieces."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for piece in iter(lambda: f.read(1 << 20), b""):
-            digest.update(piece)
-    return digest.hexdigest()
 
 
 def _copy_tokenizer(loaded, output: str) -> None:

@@ -20,7 +20,7 @@ from ..errors import DataError
 from .config import DataConfig
 from .csvsafe import write_csv
 from .manifest import check_manifest, load_manifest, splits_manifest, write_quarantine
-from .splits import carve_validation, check_splits, split_leak_free
+from .splits import carve_validation, given_splits, split_leak_free
 from .transforms import build_image_transform
 
 logger = logging.getLogger("medclip.data")
@@ -138,18 +138,13 @@ def prepare_manifest(data_config: DataConfig, decode=None, seed: int = 0,
         logger.info("data: all %d manifest rows ok (empty quarantine list: %s)", len(df), qpath)
     if good.empty:
         raise DataError(f"{manifest}: no usable rows (all {len(df)} quarantined, see {qpath})")
-    given = good["split"] != ""
-    if given.all():
-        check_splits(good)
+    if given_splits(good, manifest):
         if data_config.val > 0 and not (good["split"] == "val").any() and (good["split"] == "train").any():
             good = carve_validation(good, data_config.val, seed)
             write_csv(splits_manifest(good), folder / "splits.csv", keep=data_config.columns.labels)
             logger.info("data: no validation split given: %d training rows (whole patients, data.val %.2f) "
                         "validate instead, never test rows; written to %s", (good["split"] == "val").sum(),
                         data_config.val, folder / "splits.csv")
-    elif given.any():
-        raise DataError(f"{manifest}: split column is empty on {int((~given).sum())} of {len(good)} good rows; "
-                        f"fill it everywhere or delete it to split leak-free")
     else:
         good = split_leak_free(good, data_config.val, data_config.test, seed)
         write_csv(splits_manifest(good), folder / "splits.csv", keep=data_config.columns.labels)

@@ -17,7 +17,6 @@ never checks them again; if ``manifest.csv`` was edited since (hash mismatch) it
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -29,6 +28,7 @@ import pandas as pd
 
 from ..config import from_dict
 from ..errors import DataError
+from ..paths import file_sha256
 from .config import ManifestColumns
 from .csvsafe import unescape_frame, write_csv
 from .manifest import QUARANTINE_COLUMNS, canonical_rows, check_manifest, read_manifest_table
@@ -38,15 +38,6 @@ PREPARED, ROWS, QUARANTINE = "prepared.json", "manifest.csv", "quarantine.csv"
 FORMAT = 1
 MIN_ROWS_PER_WORKER = 2000  # below this a worker process costs more than it saves
 _DROPPED = ("line", "image_raw", "report", "report_path", "report_error")
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 of a file's bytes (read in 1 MiB blocks)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def relative_paths(paths: list[str], folder: str | os.PathLike) -> list[str]:
@@ -127,15 +118,10 @@ def merge_checked(parts: list[tuple[pd.DataFrame, pd.DataFrame]], reports: bool)
 
 
 def _split(good: pd.DataFrame, manifest, val: float, test: float, seed: int) -> tuple[pd.DataFrame, dict]:
-    from .splits import check_splits, split_leak_free
+    from .splits import given_splits, split_leak_free
 
-    given = good["split"] != ""
-    if len(good) and given.all():
-        check_splits(good)
+    if given_splits(good, manifest):
         return good, {"given": True}
-    if given.any():
-        raise DataError(f"{manifest}: split column is empty on {int((~given).sum())} of {len(good)} good rows; "
-                        "fill it everywhere or delete it to split leak-free")
     return split_leak_free(good, val, test, seed), {"given": False, "val": val, "test": test, "seed": seed}
 
 

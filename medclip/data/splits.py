@@ -105,3 +105,26 @@ def check_splits(df: pd.DataFrame) -> None:
             lines = ", ".join(str(v) for v in rows.get("line", rows.index)[:6])
             raise DataError(f"{who} is in splits {', '.join(sorted(rows['split'].unique()))} (lines {lines}): "
                             f"the given splits leak; fix the split column or delete it to split leak-free")
+
+
+def given_splits(df: pd.DataFrame, manifest) -> bool:
+    """Whether the manifest's ``split`` column is filled on every row (then checked) or on none.
+
+    Args:
+        df: the good manifest rows (``split`` empty where not given).
+        manifest: the manifest's path, for the error message.
+
+    Returns:
+        bool: True when every row has a split (checked leak-free), False when no row has one (split it).
+
+    Raises:
+        DataError: the column is filled on some rows only, or the given splits leak.
+    """
+    given = df["split"] != ""
+    if len(df) and given.all():
+        check_splits(df)
+        return True
+    if given.any():
+        raise DataError(f"{manifest}: split column is empty on {int((~given).sum())} of {len(df)} good rows; "
+                        "fill it everywhere or delete it to split leak-free")
+    return False

@@ -17,7 +17,6 @@ with a warning in favour of the newest good one. Nothing is unpickled on resume.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -30,7 +29,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError
-from ..paths import save_safetensors
+from ..paths import file_sha256, save_safetensors
 from ..version import __version__
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -115,11 +114,7 @@ def _checksums(folder: Path) -> dict[str, str]:
     """SHA-256 of every file of a checkpoint folder (relative POSIX path → hex digest)."""
     out = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != CHECKSUMS):
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        out[path.relative_to(folder).as_posix()] = digest.hexdigest()
+        out[path.relative_to(folder).as_posix()] = file_sha256(path)
     return out
 
 
