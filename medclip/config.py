@@ -55,6 +55,8 @@ class VisionConfig:
         trunk_weights: optional local weights file for the trunk (safetensors or a plain state dict).
         trunk_key_map: how ``trunk_weights`` keys map onto the trunk: ``none`` or a registered mapper.
         drop_path: stochastic depth rate of the trunk.
+        hf_config: a Hugging Face vision encoder's config (with ``model_type``, e.g. MedCLIP-ViT's Swin): the
+            trunk is that ``transformers`` model, pooled by its ``pooler_output`` (``timm_model`` unused).
     """
 
     timm_model: str = "vit_base_patch32_clip_224"
@@ -68,6 +70,7 @@ class VisionConfig:
     trunk_weights: str | None = None
     trunk_key_map: str = "none"
     drop_path: float = 0.0
+    hf_config: dict | None = None
 
     def __post_init__(self):
         check_int("vision.image_size", self.image_size, 8, MAX_IMAGE_SIDE)

@@ -26,7 +26,10 @@ class VisionTower(nn.Module):
     def __init__(self, config: VisionConfig, embed_dim: int):
         super().__init__()
         self.config = config
-        self.trunk = create_trunk(config, num_classes=embed_dim if config.proj == "none" else 0)
+        if config.hf_config:  # a wrapped transformers vision encoder (MedCLIP-ViT's Swin; see HFVisionTrunk)
+            self.trunk = HFVisionTrunk(config.hf_config)
+        else:
+            self.trunk = create_trunk(config, num_classes=embed_dim if config.proj == "none" else 0)
         # proj "identity": the trunk's pooled features are the embedding (SigLIP: timm's MAP-pooled ViT)
         width = self.trunk.num_features
         if config.proj == "linear":
@@ -71,3 +74,34 @@ def create_trunk(config: VisionConfig, num_classes: int) -> nn.Module:
                                  in_chans=config.in_chans, **kwargs)
     except TypeError as exc:
         raise ConfigError(f"timm refused vision.timm_kwargs {kwargs} for '{config.timm_model}': {exc}") from None
+
+
+class HFVisionTrunk(nn.Module):
+    """A ``transformers`` vision encoder built from its config dict; ``forward`` returns its ``pooler_output``.
+
+    Used where timm's model and the HF one differ in ways a key map cannot fix exactly (Swin's patch merging
+    orders channels differently), so the published weights keep HF's own module.
+    """
+
+    def __init__(self, hf_config: dict):
+        super().__init__()
+        from transformers import AutoConfig, AutoModel
+
+        from .config import check_foreign_config
+
+        config = dict(hf_config)
+        model_type = config.pop("model_type", None)
+        if not model_type:
+            raise ConfigError("vision.hf_config needs a model_type (e.g. swin)")
+        check_foreign_config(config, "vision.hf_config")
+        self.model = AutoModel.from_config(AutoConfig.for_model(model_type, **config))
+        self.num_features = int(self.model.config.hidden_size)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=image).pooler_output
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        if enable:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            self.model.gradient_checkpointing_disable()

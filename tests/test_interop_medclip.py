@@ -70,3 +70,41 @@ def test_medclip_resnet_matches_reference(tmp_path):
         torch.testing.assert_close(alone, ref_alone, rtol=0, atol=TOL)
         assert (alone - txt[:1]).abs().max() > 1e-3
     assert abs(float(out["logit_scale"]) - math.exp(4.6052)) < 1e-3
+
+
+@pytest.mark.parametrize("names", ["transformers5", "transformers4"])
+def test_medclip_vit_matches_reference(tmp_path, names):
+    from reference.medclip import MedCLIPViTReference
+    from transformers import SwinConfig
+
+    config = _bert(tmp_path / "bio_clinicalbert")
+    swin = SwinConfig(image_size=224, patch_size=4, embed_dim=16, depths=[1, 2], num_heads=[1, 2], window_size=7,
+                      mlp_ratio=2.0)
+    torch.manual_seed(0)
+    reference = randomise(MedCLIPViTReference(config, swin), seed=9).eval()
+    (tmp_path / "medclip-vit").mkdir()
+    state = reference.state_dict()
+    if names == "transformers4":  # the published checkpoint was saved with transformers 4.x Swin names
+        from medclip.interop.medclip_ryanwang import _SWIN_V4
+
+        def old(key):
+            for v4, v5 in _SWIN_V4:
+                key = key.replace(v5, v4) if key.startswith("vision_model.") else key
+            return key
+
+        state = {old(k): v for k, v in state.items()}
+        assert any(".attention.self.query." in k for k in state)
+    torch.save(state, tmp_path / "medclip-vit" / "pytorch_model.bin")
+    assert main(["convert", str(tmp_path / "medclip-vit"), "--from", "medclip-vit", "--text-model",
+                 str(tmp_path / "bio_clinicalbert"), "--output", str(tmp_path / "out")]) == 0
+    ours = medclip.from_pretrained(str(tmp_path / "out")).eval()
+    assert ours.config.vision.hf_config["depths"] == [1, 2] and ours.config.vision.hf_config["window_size"] == 7
+    image = torch.randn(2, 1, 224, 224)
+    ids = medclip.get_tokenizer(ours.config)(["no acute effusion", "the heart is enlarged"])
+    longest = int((ids != 0).sum(1).max())
+    with torch.no_grad():
+        torch.testing.assert_close(ours.encode_image(image.repeat(1, 3, 1, 1), normalize=False),
+                                   reference.encode_image(image), rtol=0, atol=TOL)
+        torch.testing.assert_close(ours.encode_text(ids, normalize=False),
+                                   reference.encode_text(ids[:, :longest], (ids[:, :longest] != 0).long()),
+                                   rtol=0, atol=TOL)

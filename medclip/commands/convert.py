@@ -21,6 +21,7 @@ PARITY = {
     "pmc-clip": "a re-implementation of PMC-CLIP's forward pass from its code (tests/reference/pmc_clip.py)",
     "medclip-resnet": "a re-implementation of MedCLIP's forward pass from its code (tests/reference/medclip.py)",
     "unimed-clip": "a re-implementation of UniMed-CLIP's forward pass from its code (tests/reference/unimed_clip.py)",
+    "medclip-vit": "a re-implementation of MedCLIP's forward pass from its code (tests/reference/medclip.py)",
     "medclip": "a medclip folder (no conversion)",
 }
 

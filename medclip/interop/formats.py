@@ -15,6 +15,7 @@ pmc-clip        a PMC-CLIP checkpoint (``visual.attnpool`` + ``text_encoder`` + 
 unimed-clip     a UniMed-CLIP checkpoint (OpenAI ViT ``visual.*`` + ``text_encoder.*``; found by its keys);
                 needs ``text_model``
 medclip-resnet  MedCLIP (Wang et al.) ResNet: ``pytorch_model.bin`` (folder or file; only with ``--from``)
+medclip-vit     MedCLIP (Wang et al.) Swin-tiny: ``pytorch_model.bin`` (folder or file; only with ``--from``)
 open-clip       a bare OpenAI / open_clip state dict file (CheXzero): needs ``model_name``
 ============== ==============================================================================
 
@@ -33,7 +34,7 @@ from ..errors import CheckpointError, ConfigError, MissingFileError
 from ..paths import resolve_path
 
 FORMATS = ("medclip", "open-clip-hub", "biomedclip", "hf-clip", "siglip", "pmc-clip", "unimed-clip", "medclip-resnet",
-           "open-clip")
+           "medclip-vit", "open-clip")
 _ALIASES = {"biomedclip": "open-clip-hub"}
 _WEIGHT_FILE = (".safetensors", ".pt", ".pth", ".bin")
 
@@ -135,10 +136,11 @@ def load_model(path: str, fmt: str | None = None, model_name: str = "", text_mod
 
 def _load_checkpoint(path: str, fmt: str, model_name: str, text_model: str | None) -> Loaded:
     """The checkpoint formats (a weights file, or a release folder); bare files are told apart by their keys."""
-    if fmt == "medclip-resnet":
-        from .medclip_ryanwang import WEIGHTS, from_medclip_resnet
+    if fmt in ("medclip-resnet", "medclip-vit"):
+        from .medclip_ryanwang import WEIGHTS, from_medclip_resnet, from_medclip_vit
 
-        model, preprocess = from_medclip_resnet(path, text_model)
+        load = from_medclip_resnet if fmt == "medclip-resnet" else from_medclip_vit
+        model, preprocess = load(path, text_model)
         files = [os.path.join(path, WEIGHTS) if os.path.isdir(path) else path]
         return Loaded(model, fmt, path, files, preprocess, tokenizer_dir=text_model)
     from .pmc_clip import THREE_FILES, from_pmc_clip, is_pmc_clip

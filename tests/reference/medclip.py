@@ -65,3 +65,28 @@ class MedCLIPReference(nn.Module):
         img = nn.functional.normalize(self.encode_image(pixel_values), dim=-1)
         txt = nn.functional.normalize(self.encode_text(input_ids, attention_mask), dim=-1)
         return self.logit_scale.data.clamp(0, 4.6052).exp() * img @ txt.T
+
+
+class _VisionViT(nn.Module):
+    """Upstream's ``MedCLIPVisionModelViT``: an HF Swin (``microsoft/swin-tiny-patch4-window7-224``) whose
+    ``pooler_output`` goes through ``projection_head = Linear(768, 512, bias=False)``."""
+
+    def __init__(self, swin_config, embed_dim: int):
+        super().__init__()
+        from transformers import SwinModel
+
+        self.model = SwinModel(swin_config)
+        self.projection_head = nn.Linear(self.model.config.hidden_size, embed_dim, bias=False)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if pixel_values.shape[1] == 1:
+            pixel_values = pixel_values.repeat((1, 3, 1, 1))
+        return self.projection_head(self.model(pixel_values)["pooler_output"])
+
+
+class MedCLIPViTReference(MedCLIPReference):
+    """``MedCLIPModel(vision_cls=MedCLIPVisionModelViT)`` with small sizes."""
+
+    def __init__(self, bert_config, swin_config, embed_dim: int = 32):
+        super().__init__(bert_config, embed_dim=embed_dim)
+        self.vision_model = _VisionViT(swin_config, embed_dim)
