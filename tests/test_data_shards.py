@@ -156,3 +156,15 @@ def test_two_process_gloo_run_from_shards_sees_the_csv_multiset(sharded, tmp_pat
         for rank in (0, 1):
             seen[kind].update((tmp_path / f"{kind}{rank}.txt").read_text().split())
     assert seen["shards"] == seen["csv"] and sum(seen["csv"].values()) == 40
+
+
+@pytest.mark.slow  # two training processes from shards, then a resume: ~2 min on 2 busy cores
+@pytest.mark.timeout(900)
+def test_kill_mid_shard_and_resume_from_shards_is_bit_identical(sharded, tmp_path):
+    from test_train_resume import kill_and_resume
+
+    spec = demo_recipe_dict(sharded / "prep", batch_size=4, epochs=2, checkpoint_every=3, keep_last_k=2, log_every=1,
+                            eval_every=1, warmup=3)
+    spec["data"].update(shards=str(sharded / "shards" / "{000000..000005}.tar"), sections=["findings", "impression"],
+                        num_workers=2, augment=True)  # 10 steps per epoch; the kill lands after step 6 of epoch 1
+    kill_and_resume(spec, tmp_path, 6, 20)

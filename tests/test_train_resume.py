@@ -48,10 +48,16 @@ def _rows(run: Path) -> list[list[str]]:
 @pytest.mark.slow
 @pytest.mark.timeout(900)  # two training processes; minutes on a busy 2-core machine
 def test_kill_and_resume_is_bit_identical(demo_corpus, tmp_path):
-    recipe = tmp_path / "recipe.yaml"
     spec = demo_recipe_dict(demo_corpus, batch_size=6, epochs=EPOCHS, checkpoint_every=4, keep_last_k=2, log_every=1,
                             eval_every=2, warmup=3)
     spec["data"]["num_workers"] = 1  # augmentation happens in a worker process, ahead of the training step
+    kill_and_resume(spec, tmp_path, KILL_AFTER, EPOCHS * STEPS_PER_EPOCH)
+
+
+def kill_and_resume(spec: dict, tmp_path: Path, kill_after: int, total: int) -> None:
+    """Run ``spec`` straight and killed (SIGKILL after checkpoint ``kill_after``) + ``--resume``; assert both end
+    bit-identical with the same metrics rows (also used by the shard data source's test)."""
+    recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(spec))
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
@@ -60,7 +66,7 @@ def test_kill_and_resume_is_bit_identical(demo_corpus, tmp_path):
     b = subprocess.Popen(_cmd(recipe, killed), **pipe)
     try:
         deadline = time.monotonic() + 240
-        while _newest_step(killed) < KILL_AFTER and b.poll() is None and time.monotonic() < deadline:
+        while _newest_step(killed) < kill_after and b.poll() is None and time.monotonic() < deadline:
             time.sleep(0.01)
         b.send_signal(signal.SIGKILL)
         _, b_err = b.communicate(timeout=60)
@@ -73,11 +79,11 @@ def test_kill_and_resume_is_bit_identical(demo_corpus, tmp_path):
     assert a.returncode == 0, a_err[-3000:]
     assert not (killed / "model").exists()
     resumed_from = _newest_step(killed)
-    assert KILL_AFTER <= resumed_from < EPOCHS * STEPS_PER_EPOCH
+    assert kill_after <= resumed_from < total
 
     c = subprocess.run(_cmd(recipe, killed, "--resume"), capture_output=True, text=True, env=env, timeout=240)
     assert c.returncode == 0, c.stderr[-3000:]
-    assert f"(step {resumed_from}, lr " in c.stderr and f"trained {EPOCHS * STEPS_PER_EPOCH} steps" in c.stdout
+    assert f"(step {resumed_from}, lr " in c.stderr and f"trained {total} steps" in c.stdout
 
     want = load_file(str(straight / "model" / "model.safetensors"))
     got = load_file(str(killed / "model" / "model.safetensors"))
@@ -88,5 +94,5 @@ def test_kill_and_resume_is_bit_identical(demo_corpus, tmp_path):
     # metrics.csv: every step once, in order, and the same numbers as the straight run
     rows, reference = _rows(killed), _rows(straight)
     train_steps = [int(r[0]) for r in rows[1:] if r[2]]
-    assert train_steps == list(range(1, EPOCHS * STEPS_PER_EPOCH + 1))
+    assert train_steps == list(range(1, total + 1))
     assert rows == reference
