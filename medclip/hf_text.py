@@ -91,7 +91,8 @@ class HFTextTower(nn.Module):
         """
         if self._is_siglip():
             return self.text_projection(self._siglip_from_embeds(embeds))
-        out = self.model(inputs_embeds=embeds, attention_mask=attention_mask.long())
+        out = self.model(inputs_embeds=embeds, attention_mask=attention_mask.long(),
+                         output_hidden_states=self.config.pooling == "medclip")
         return self.text_projection(self.pool(out, attention_mask.bool()))
 
     def _is_siglip(self) -> bool:

@@ -1,5 +1,5 @@
-"""Every converted zoo model (tiny replicas: BiomedCLIP layout, SigLIP) works downstream: zero-shot and all
-five adapters fit, predict and reload; ``medclip retrieve`` runs on it."""
+"""Every converted zoo model (tiny replicas: BiomedCLIP layout, SigLIP, UniMed-CLIP, MedCLIP-ResNet) works
+downstream: zero-shot and all five adapters fit, predict and reload; ``medclip retrieve`` runs on it."""
 
 from __future__ import annotations
 
@@ -30,20 +30,46 @@ def frames(tmp_path_factory):
             "test": df.iloc[12:].reset_index(drop=True)}
 
 
-@pytest.fixture(scope="module", params=["biomedclip", "siglip"])
+def _unimed(tmp):
+    import torch
+    from reference.unimed_clip import UniMedCLIPReference
+    from test_interop_zoo import _tiny_bert, randomise
+
+    _tiny_bert(tmp / "bert")
+    reference = randomise(UniMedCLIPReference(str(tmp / "bert")), seed=8)
+    torch.save({"state_dict": reference.state_dict()}, tmp / "unimed.pt")
+    return tmp / "unimed.pt", ["--text-model", str(tmp / "bert")]
+
+
+def _medclip_resnet(tmp):
+    import torch
+    from reference.medclip import MedCLIPReference
+    from test_interop_medclip import _bert
+    from test_interop_zoo import randomise
+
+    reference = randomise(MedCLIPReference(_bert(tmp / "bert")), seed=7)
+    (tmp / "m").mkdir()
+    torch.save(reference.state_dict(), tmp / "m" / "pytorch_model.bin")
+    return tmp / "m", ["--from", "medclip-resnet", "--text-model", str(tmp / "bert")]
+
+
+@pytest.fixture(scope="module", params=["biomedclip", "siglip", "unimed-clip", "medclip-resnet"])
 def converted(request, tmp_path_factory):
     import medclip
 
     tmp = tmp_path_factory.mktemp(request.param)
+    extra = []
     if request.param == "biomedclip":
         from test_interop_zoo import _biomedclip_replica
 
         source = _biomedclip_replica(tmp)[0]
-    else:
+    elif request.param == "siglip":
         from test_interop_siglip import _siglip_folder
 
         source = _siglip_folder(tmp)[0]
-    assert main(["convert", str(source), "--output", str(tmp / "model")]) == 0
+    else:
+        source, extra = (_unimed if request.param == "unimed-clip" else _medclip_resnet)(tmp)
+    assert main(["convert", str(source), *extra, "--output", str(tmp / "model")]) == 0
     return tmp / "model", medclip.from_pretrained(str(tmp / "model")).eval()
 
 
