@@ -40,6 +40,14 @@ MIN_ROWS_PER_WORKER = 2000  # below this a worker process costs more than it sav
 _DROPPED = ("line", "image_raw", "report", "report_path", "report_error")
 
 
+def parallel_map(fn, items: list, workers: int, chunksize: int = 1) -> list:
+    """``[fn(x) for x in items]``, in ``workers`` processes when more than one (``fn`` must be picklable)."""
+    if workers == 1:
+        return [fn(x) for x in items]
+    with ProcessPoolExecutor(workers) as pool:
+        return list(pool.map(fn, items, chunksize=chunksize))
+
+
 def relative_paths(paths: list[str], folder: str | os.PathLike) -> list[str]:
     """Absolute ``paths`` relative to ``folder`` (one ``relpath`` for their common prefix: fast at 377k rows)."""
     paths = list(paths)
@@ -89,11 +97,7 @@ def check_parallel(manifest: str | os.PathLike, columns=None, sections=("finding
     jobs = [{"raw": raw.iloc[lo + a: lo + b], "cols": cols, "root": str(Path(manifest).resolve().parent),
              "first_line": lo + a + 2, "sections": sections, "verify": verify_images or bool(transform),
              "transform": transform, "reports": reports} for a, b in _slices(hi - lo, workers)]
-    if workers == 1:
-        results = [_check_slice(job) for job in jobs]
-    else:
-        with ProcessPoolExecutor(workers) as pool:
-            results = list(pool.map(_check_slice, jobs))
+    results = parallel_map(_check_slice, jobs, workers)
     good = pd.concat([g for g, _ in results], ignore_index=True)
     quarantine = pd.concat([q for _, q in results], ignore_index=True)
     return good, quarantine, reports

@@ -19,13 +19,12 @@ import io
 import json
 import logging
 import os
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import DataError
-from .prepare import prepared_dir, read_prepared
+from .prepare import parallel_map, prepared_dir, read_prepared
 
 logger = logging.getLogger("medclip.data")
 INDEX = "shards.json"
@@ -109,11 +108,7 @@ def write_shards(manifest: str | os.PathLike, out_dir: str | os.PathLike, transf
     jobs = [{"path": str(out / f"{k:06d}.tar"), "rows": records[a:a + shard_size], "transform": transform}
             for k, a in enumerate(range(0, len(records), shard_size))]
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
-    if workers == 1:
-        written = [_write_one(job) for job in jobs]
-    else:
-        with ProcessPoolExecutor(workers) as pool:
-            written = list(pool.map(_write_one, jobs))
+    written = parallel_map(_write_one, jobs, workers)
     vision = transform.get("vision_config")
     index = {"format": 1, "split": split, "seed": seed, "samples": len(records), "labels": labels,
              "image_size": int(vision.image_size), "in_chans": int(vision.in_chans),

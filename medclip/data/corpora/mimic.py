@@ -16,12 +16,12 @@ Published layouts (PhysioNet):
 from __future__ import annotations
 
 import os
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pandas as pd
 
 from ...errors import DataError
+from ..prepare import parallel_map
 from .common import CHEXPERT_LABELS, corpus_file, import_labels, patient_folder, read_table
 
 _META = ("mimic-cxr-2.0.0-metadata.csv.gz", "mimic-cxr-2.0.0-metadata.csv")
@@ -121,10 +121,7 @@ def import_mimic_dicom(root: str | os.PathLike, reports: str | os.PathLike | Non
 def view_positions(paths: list[str], workers: int | None = None) -> list[str]:
     """Each DICOM file's ViewPosition tag (``""`` when absent or unreadable), read in parallel."""
     workers = workers or os.cpu_count() or 1
-    if workers == 1 or len(paths) < 256:
-        return [_view_position(p) for p in paths]
-    with ProcessPoolExecutor(workers) as pool:
-        return list(pool.map(_view_position, paths, chunksize=256))
+    return parallel_map(_view_position, paths, 1 if len(paths) < 256 else workers, chunksize=256)
 
 
 def _view_position(path: str) -> str:
