@@ -11,7 +11,8 @@ the final ``model/`` on the **test**-split patients, prompted only with text) th
    for every finding (5 seeds, mean higher) with a paired t-test p < 0.05 on the macro AUROC.
 
 Measured over training seeds (README, Zero-shot and evaluation, with the spread and margins): every result
-clears its threshold by more than twice the seed spread except opacity's AUROC (margin 0.055, spread 0.030).
+clears its threshold by more than twice the spread of 3 seeds except opacity's AUROC (margin 0.055, spread
+0.030).
 """
 
 from __future__ import annotations
