@@ -24,6 +24,7 @@ from medclip.data.csvsafe import unescape_frame, write_csv
 from medclip.defaults import N_BOOTSTRAP
 from medclip.errors import DataError, MissingFileError
 from medclip.eval.task import Task
+from medclip.version import __version__
 
 from .base import create_method
 from .cache import FeatureCache
@@ -226,7 +227,6 @@ def run_fewshot(method: str, model, task: Task, table: pd.DataFrame, shots: int,
 
 
 def _write_run(output, adapter, table, test, probs, result, row) -> None:
-    from medclip import __version__
     from medclip.eval.zeroshot import json_safe
 
     os.makedirs(output, exist_ok=True)

@@ -18,6 +18,7 @@ from torch import nn
 from .config import ModelConfig, check_weights_match, from_dict, to_dict
 from .errors import CheckpointError, require_file
 from .text import CLIPTextTransformer
+from .version import __version__
 from .vision import VisionTower
 
 CONFIG_NAME = "config.json"
@@ -96,7 +97,6 @@ class CLIP(nn.Module):
     def save_pretrained(self, folder: str, extra: dict | None = None) -> None:
         """Write ``config.json`` (architecture, medclip version, ``extra``) and ``model.safetensors``."""
         from .paths import save_safetensors
-        from .version import __version__
 
         os.makedirs(folder, exist_ok=True)
         config = to_dict(self.config)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..defaults import EVAL_BATCH_SIZE
+from ..version import __version__
 
 
 def add_arguments(parser) -> None:
@@ -26,7 +27,6 @@ def run(args) -> int:
     from ..eval.retrieval import evaluate_retrieval
     from ..eval.zeroshot import json_safe
     from ..model import CLIP
-    from ..version import __version__
     from . import checks
 
     checks.in_range("--batch-size", args.batch_size, 1)

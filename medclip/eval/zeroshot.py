@@ -26,6 +26,7 @@ import torch
 
 from ..defaults import EVAL_BATCH_SIZE, N_BOOTSTRAP, N_BOOTSTRAP_FIGURE
 from ..errors import DataError
+from ..version import __version__
 from .calibration import expected_calibration_error, fit_temperature, pooled_bins, probabilities
 from .inputs import encode_images, read_labelled_images
 from .metrics import evaluate
@@ -344,8 +345,6 @@ def accuracy_table(result: ZeroShotResult) -> pd.DataFrame:
 
 
 def _write_outputs(result: ZeroShotResult, output: str, figures: bool) -> None:
-    from ..version import __version__
-
     os.makedirs(output, exist_ok=True)
     result.metrics["medclip_version"] = __version__
     text_columns = [c for c in ("report", "report_path", "text") if c in result.table.columns]
