@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import corpus_replicas as R
 import pandas as pd
 import pytest
+from torchrun import torchrun
 
 from medclip.cli import main
 from medclip.data import prepare as prep
@@ -112,10 +111,8 @@ def test_evaluation_manifest_is_not_quarantined_for_missing_reports(tmp_path, ca
 @pytest.mark.slow  # ~40 s on 2 busy cores: two torchrun processes import torch
 def test_two_torchrun_ranks_each_check_a_slice_and_rank0_writes(messy, tmp_path):
     serial = prep.prepare(messy, tmp_path / "one", workers=1)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-                           "29547", "-m", "medclip", "data", "prepare", str(messy), "--output", str(tmp_path / "two"),
-                           "--workers", "1"], capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
+    proc = torchrun(["-m", "medclip", "data", "prepare", str(messy), "--output", str(tmp_path / "two"),
+                     "--workers", "1"], timeout=240, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count("rows ok") == 1  # only rank 0 reports (and writes)
     two = json.loads((tmp_path / "two" / "prepared.json").read_text())

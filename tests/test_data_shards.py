@@ -4,8 +4,6 @@ CSV path, a fixed batch gives the same loss, resume is exact, truncation is a on
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -14,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import demo_recipe_dict
+from torchrun import torchrun
 
 from medclip.cli import main
 from medclip.config import VisionConfig
@@ -146,10 +145,7 @@ def test_recipe_trains_from_shards(sharded, tmp_path):
 
 @pytest.mark.slow  # ~40 s: two torchrun processes import torch
 def test_two_process_gloo_run_from_shards_sees_the_csv_multiset(sharded, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-                           "29553", str(HERE / "shards_ddp_worker.py"), str(sharded), str(tmp_path)],
-                          capture_output=True, text=True, timeout=300, env=env)
+    proc = torchrun([str(HERE / "shards_ddp_worker.py"), str(sharded), str(tmp_path)])
     assert proc.returncode == 0, proc.stderr[-3000:]
     seen = {kind: Counter() for kind in ("csv", "shards")}
     for kind in seen:

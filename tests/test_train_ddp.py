@@ -3,24 +3,20 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from torchrun import torchrun
 
 HERE = Path(__file__).resolve().parent
 
 
-def _torchrun(worker: str, out: Path, port: int) -> Path:
+def _torchrun(worker: str, out: Path) -> Path:
     """Run ``tests/<worker> <out>`` as 2 gloo processes under torchrun; return ``out`` (written by rank 0)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                           "--master-port", str(port), str(HERE / worker), str(out)],
-                          capture_output=True, text=True, timeout=300, env=env)
+    proc = torchrun([str(HERE / worker), str(out)])
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
 
@@ -32,7 +28,7 @@ def test_two_process_gloo_equals_one_process_double_batch(tmp_path):
     from train_ddp_worker import step_grads
 
     singles = {loss: step_grads(0, loss)[0] for loss in ("tiled", "siglip")}
-    ddp = load_file(str(_torchrun("train_ddp_worker.py", tmp_path / "ddp.safetensors", 29531)))
+    ddp = load_file(str(_torchrun("train_ddp_worker.py", tmp_path / "ddp.safetensors")))
     assert "grad.logit_bias" in singles["siglip"] and "grad.logit_bias" not in singles["tiled"]
     for (loss, chunk), single in ((key, singles[key[0]]) for key in
                                   (("tiled", 0), ("tiled", 3), ("siglip", 0), ("siglip", 3))):
@@ -57,7 +53,7 @@ def test_validation_sharded_over_two_processes_equals_one_process(tmp_path):
     from val_ddp_worker import metrics
 
     single, _ = metrics()
-    sharded = json.loads(_torchrun("val_ddp_worker.py", tmp_path / "val.json", 29533).read_text())
+    sharded = json.loads(_torchrun("val_ddp_worker.py", tmp_path / "val.json").read_text())
     assert sharded.keys() == single.keys() and single["val_n"] == sharded["val_n"] == 11
     for key, value in single.items():
         assert sharded[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
