@@ -23,6 +23,7 @@ from torch import nn
 from medclip.config import from_dict
 from medclip.errors import ConfigError, DataError, MissingFileError
 from medclip.eval.task import Task
+from medclip.paths import save_safetensors
 
 from .cache import FeatureCache, frozen
 from .selection import against_zeroshot, selection_score  # noqa: F401  (selection_score: methods import it here)
@@ -207,11 +208,9 @@ class FewShotMethod:
 
     def save_module(self, folder: str) -> None:
         """The module's ``state_dict`` as ``weights.safetensors`` (nothing when it holds no tensors)."""
-        from safetensors.torch import save_file
-
         state = {k: v.detach().contiguous().cpu() for k, v in (self.module.state_dict() if self.module else {}).items()}
-        if state:
-            save_file(state, os.path.join(folder, WEIGHTS_FILE), metadata={"method": self.name})
+        if state:  # the user's umask, like every other output (safetensors alone writes 0600)
+            save_safetensors(state, os.path.join(folder, WEIGHTS_FILE), metadata={"method": self.name})
 
     def load_module(self, folder: str) -> nn.Module:
         """The module :meth:`save_module` wrote, rebuilt by :meth:`empty_module` and loaded strictly."""

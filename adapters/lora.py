@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from medclip.errors import ConfigError
 from medclip.eval.prompts import encode_prompt_sets
+from medclip.paths import follow_umask
 
 from .base import FewShotMethod, register_method
 from .loop import Schedule, optimise
@@ -144,6 +146,8 @@ class Lora(FewShotMethod):
 
     def save_module(self, folder: str) -> None:
         self.module.save_pretrained(folder)  # peft's format: the adapter only, not the base model
+        for path in Path(folder).glob("adapter_model.*"):
+            follow_umask(path)  # peft writes 0600 through safetensors
 
     def load_module(self, folder: str):
         return self._attach(folder)

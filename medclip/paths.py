@@ -39,6 +39,14 @@ def save_safetensors(tensors: dict, path: str | os.PathLike, metadata: dict | No
     from safetensors.torch import save_file
 
     save_file(tensors, str(path), metadata=metadata)
+    follow_umask(path)
+
+
+def follow_umask(path: str | os.PathLike) -> None:
+    """Give ``path`` the mode a plain ``open(path, "w")`` would (0666 less the user's umask).
+
+    safetensors (and peft, through it) create files mode 0600, whatever the umask says.
+    """
     mask = os.umask(0)
     os.umask(mask)
     os.chmod(path, 0o666 & ~mask)

@@ -7,6 +7,8 @@ training left the model's towers bit-identical.
 
 from __future__ import annotations
 
+import os
+
 import medclip_adapters as ma
 import numpy as np
 import pandas as pd
@@ -92,6 +94,10 @@ def test_method_contract(name, kind, tiny_model, frames, cache, tmp_path):
     method.save(str(tmp_path / "adapter"))
     reloaded = ma.load_method(str(tmp_path / "adapter"), tiny_model, cache=cache)
     np.testing.assert_array_equal(reloaded.predict_proba(frames["test"]), probs)
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in (tmp_path / "adapter").iterdir():  # saved weights follow the umask like every other file
+        assert path.stat().st_mode & 0o777 == 0o666 & ~mask, path.name
 
     after = tiny_model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before), "training changed the frozen model"
