@@ -56,6 +56,21 @@ def test_parallel_slices_equal_the_serial_check(messy, tmp_path, monkeypatch):
     assert one["manifest_sha256"] == info["manifest_sha256"]  # byte-identical whatever the slicing
 
 
+def test_parallel_slices_report_file_lines_after_multiline_reports(tmp_path, monkeypatch):
+    monkeypatch.setattr(prep, "MIN_ROWS_PER_WORKER", 1)
+    rows = []
+    for i in range(10):
+        R.write_image(tmp_path / "img" / f"{i}.png", i)
+        report = f"FINDINGS: finding {i}.\nsecond line. IMPRESSION: normal." if i in (2, 6) else f"FINDINGS: {i}."
+        rows.append({"image": f"img/{i}.png", "report": report, "patient_id": f"P{i}"})
+    rows[9]["image"] = "img/missing.png"  # rows 2 and 6 span two file lines each: row 9 is on line 13
+    pd.DataFrame(rows).to_csv(tmp_path / "m.csv", index=False)
+    prep.prepare(tmp_path / "m.csv", tmp_path / "p", workers=3)
+    assert list(pd.read_csv(tmp_path / "p" / "quarantine.csv")["line"]) == [13]
+    _, serial = check_manifest(load_manifest(tmp_path / "m.csv"), verify_images=False)
+    assert list(serial["line"]) == [13]
+
+
 def test_training_reads_prepared_rows_without_rechecking(messy, tmp_path, monkeypatch):
     from medclip.data import dataset
 

@@ -51,7 +51,7 @@ def load_manifest(path: str | os.PathLike, columns: ManifestColumns | dict | Non
     """
     raw, cols = read_manifest_table(path, columns, reports)
     df = canonical_rows(raw, cols, Path(path).resolve().parent)
-    df["line"] = _row_lines(path, len(df))
+    df["line"] = row_lines(path, len(df))
     return df
 
 
@@ -108,7 +108,7 @@ def read_manifest_csv(path: str | os.PathLike) -> pd.DataFrame:
     return unescape_frame(raw)
 
 
-def _row_lines(path, n_rows: int) -> list[int]:
+def row_lines(path, n_rows: int) -> list[int]:
     """The file line on which each data row starts (quoted multi-line reports span several lines)."""
     import csv
 

@@ -31,7 +31,7 @@ from ..errors import DataError
 from ..paths import file_sha256
 from .config import ManifestColumns
 from .csvsafe import unescape_frame, write_csv
-from .manifest import QUARANTINE_COLUMNS, canonical_rows, check_manifest, read_manifest_table
+from .manifest import QUARANTINE_COLUMNS, canonical_rows, check_manifest, read_manifest_table, row_lines
 
 logger = logging.getLogger("medclip.data")
 PREPARED, ROWS, QUARANTINE = "prepared.json", "manifest.csv", "quarantine.csv"
@@ -72,7 +72,8 @@ def _check_slice(job: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
         options = dict(job["transform"])
         root = options.pop("cache_root", None)
         decode = build_image_transform(train=False, **options).set_cache_root(root).prepare
-    df = canonical_rows(job["raw"], job["cols"], Path(job["root"]), first_line=job["first_line"])
+    df = canonical_rows(job["raw"], job["cols"], Path(job["root"]))
+    df["line"] = job["lines"]  # file lines: a quoted multi-line report spans several
     return check_manifest(df, job["sections"], decode=decode, verify_images=job["verify"], reports=job["reports"])
 
 
@@ -93,9 +94,10 @@ def check_parallel(manifest: str | os.PathLike, columns=None, sections=("finding
     raw, cols = read_manifest_table(manifest, columns, reports=False)
     reports = cols.report in raw.columns or cols.report_path in raw.columns
     lo, hi = _slices(len(raw), world_size)[rank]
+    lines = row_lines(manifest, len(raw))
     workers = max(1, min(workers or os.cpu_count() or 1, (hi - lo) // MIN_ROWS_PER_WORKER))
     jobs = [{"raw": raw.iloc[lo + a: lo + b], "cols": cols, "root": str(Path(manifest).resolve().parent),
-             "first_line": lo + a + 2, "sections": sections, "verify": verify_images or bool(transform),
+             "lines": lines[lo + a: lo + b], "sections": sections, "verify": verify_images or bool(transform),
              "transform": transform, "reports": reports} for a, b in _slices(hi - lo, workers)]
     results = parallel_map(_check_slice, jobs, workers)
     good = pd.concat([g for g, _ in results], ignore_index=True)
