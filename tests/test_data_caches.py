@@ -19,7 +19,7 @@ def transform(tmp_path):
     return build_image_transform(medclip.config.VisionConfig(image_size=32, in_chans=1), cache_dir=str(tmp_path / "c"))
 
 
-@pytest.mark.parametrize("damage", ["empty", "garbage", "wrong_shape", "nan", "wrong_dtype"])
+@pytest.mark.parametrize("damage", ["empty", "garbage", "wrong_shape", "nan", "wrong_dtype", "bit_flip"])
 def test_npy_cache_damage_is_recomputed_with_a_warning(tmp_path, transform, damage, caplog):
     path = str(crafted.png(tmp_path / "x.png", 48, 40))
     fresh = transform.prepare(path)
@@ -30,6 +30,10 @@ def test_npy_cache_damage_is_recomputed_with_a_warning(tmp_path, transform, dama
     elif damage == "garbage":
         with open(cached, "wb") as f:
             f.write(os.urandom(200))
+    elif damage == "bit_flip":  # same shape and dtype, one pixel changed: only the checksum can tell
+        data = bytearray(open(cached, "rb").read())
+        data[200] ^= 0x10
+        open(cached, "wb").write(bytes(data))
     else:
         bad = {"wrong_shape": np.zeros((3, 7), np.float32), "nan": np.full_like(fresh, np.nan),
                "wrong_dtype": fresh.astype(np.float64)}[damage]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
@@ -47,7 +48,8 @@ from .stored import STORED_DTYPES, dequantize, quantize, stored_dtype
 
 logger = logging.getLogger("medclip.data")
 
-CACHE_VERSION = 2  # 2: stored as uint8/uint16 (medclip.data.stored), keyed by the relative path
+CACHE_VERSION = 3  # 2: stored as uint8/uint16 (medclip.data.stored), keyed by the relative path; 3: checksummed
+_DIGEST_BYTES = 16  # a BLAKE2b digest of the .npy bytes, appended after them (np.load ignores it)
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601-2, as Pillow's "L" conversion
 
 
@@ -208,12 +210,19 @@ class ImageTransform:
         return arr
 
     def _load_cached(self, cached: str, path: str) -> np.ndarray | None:
-        """The cached array, or None (with a warning) when the file is empty, garbage or the wrong shape/dtype."""
+        """The cached array, or None (with a warning) when the file is empty, garbage, fails its checksum
+        (a bit flip, an edit) or has the wrong shape/dtype. Caches are trusted local files: the checksum
+        detects corruption, not an attacker who rewrites it too."""
         chans, size = self.config["in_chans"], self.config["size"]
         try:
-            arr = np.load(cached, allow_pickle=False)
-        except (OSError, ValueError, EOFError) as exc:  # torn write, empty or garbage file
-            problem = f"unreadable ({type(exc).__name__})"
+            with open(cached, "rb") as f:
+                body = f.read()
+            body, digest = body[:-_DIGEST_BYTES], body[-_DIGEST_BYTES:]
+            if not body or _npy_digest(body) != digest:
+                raise ValueError("checksum mismatch")
+            arr = np.load(io.BytesIO(body), allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:  # torn write, empty, garbage or edited file
+            problem = f"unreadable or corrupt ({exc if isinstance(exc, ValueError) else type(exc).__name__})"
         else:
             if arr.dtype in STORED_DTYPES and arr.shape == (chans, size, size):
                 return arr
@@ -317,14 +326,22 @@ def _one_thread():
             torch.set_num_threads(threads)
 
 
+def _npy_digest(body: bytes) -> bytes:
+    """The checksum stored after a cached ``.npy`` file's bytes."""
+    return hashlib.blake2b(body, digest_size=_DIGEST_BYTES).digest()
+
+
 def _atomic_save(path: str, arr: np.ndarray) -> None:
     """Write ``arr`` to ``path`` via a temporary file + rename (safe with several DataLoader workers)."""
     folder = Path(path).parent
     folder.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
     try:
+        buffer = io.BytesIO()
+        np.save(buffer, arr, allow_pickle=False)
+        body = buffer.getvalue()
         with os.fdopen(fd, "wb") as f:
-            np.save(f, arr, allow_pickle=False)
+            f.write(body + _npy_digest(body))
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
