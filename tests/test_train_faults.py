@@ -180,6 +180,13 @@ def test_resume_applies_a_lower_learning_rate(run_copy, demo_corpus, caplog, mon
     assert "resume: train.lr 0.002 -> 0.0001 (applied)" in caplog.text
 
 
+def _lock_written(path) -> bool:
+    try:
+        return "pid" in json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+
+
 @pytest.mark.slow
 def test_concurrent_run_is_refused_and_a_killed_runs_lock_is_taken_over(run_copy, demo_corpus, tmp_path):
     recipe = tmp_path / "r.yaml"
@@ -190,8 +197,8 @@ def test_concurrent_run_is_refused_and_a_killed_runs_lock_is_taken_over(run_copy
                               str(other)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
-        while not (other / LOCK_NAME).exists() and first.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
+        while not _lock_written(other / LOCK_NAME) and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)  # the lock file is created first, then its host + PID written
         assert json.loads((other / LOCK_NAME).read_text())["pid"] == first.pid
         with pytest.raises(RunFolderError, match=f"in use by a running medclip process \\(PID {first.pid}"):
             train(_recipe(demo_corpus), str(other), resume=True)

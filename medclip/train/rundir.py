@@ -49,14 +49,18 @@ class RunLock:
 
     def acquire(self) -> RunLock:
         """Take the lock, or take over a stale one; raise :class:`RunFolderError` when a live run holds it."""
+        tmp = self.path.with_name(f"{LOCK_NAME}.{os.getpid()}.tmp")
         for _ in range(2):
+            # written whole, then hard-linked into place (atomic, fails if the lock exists): another process
+            # never sees a half-written lock and mistakes it for the remains of a killed run
+            tmp.write_text(json.dumps(self.owner), encoding="utf-8")
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+                os.link(tmp, self.path)
             except FileExistsError:
                 self._take_over_if_stale()
                 continue
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(self.owner, f)
+            finally:
+                tmp.unlink(missing_ok=True)
             self.held = True
             return self
         raise RunFolderError(f"{self.path.parent}: another run took the lock at the same moment; use another --output")
