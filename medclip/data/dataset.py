@@ -85,18 +85,20 @@ class ImageReportDataset(Dataset):
         raise DataError("no image of this dataset can be read (every row failed; run medclip data check)")
 
 
-def _read_prepared_manifest(manifest: Path, data_config: DataConfig) -> tuple[pd.DataFrame, pd.DataFrame, Path]:
-    """:func:`prepare_manifest`'s result for a manifest ``medclip data prepare`` checked and split once."""
-    from .prepare import QUARANTINE, prepared_dir, read_prepared
+def _read_prepared_manifest(manifest: Path, folder: Path, data_config: DataConfig
+                            ) -> tuple[pd.DataFrame, pd.DataFrame, Path]:
+    """:func:`prepare_manifest`'s result for a manifest ``medclip data prepare`` checked and split once
+    (``folder``: its prepared folder)."""
+    from .prepare import QUARANTINE, read_prepared
 
-    good, info = read_prepared(prepared_dir(manifest))
+    good, info = read_prepared(folder)
     wanted = list(data_config.sections) if data_config.sections else None
     if info.get("reports", True) and info.get("sections") != wanted:
         raise DataError(f"{manifest}: prepared with report sections {info.get('sections')}, the recipe wants "
                         f"{wanted}; run 'medclip data prepare' with --sections {','.join(wanted or ['all'])}")
     logger.info("data: %d prepared rows from %s (checked once by 'medclip data prepare')", len(good), manifest)
-    quarantine = pd.read_csv(prepared_dir(manifest) / QUARANTINE, dtype={"image": str}, keep_default_na=False)
-    return good, quarantine, prepared_dir(manifest) / QUARANTINE
+    quarantine = pd.read_csv(folder / QUARANTINE, dtype={"image": str}, keep_default_na=False)
+    return good, quarantine, folder / QUARANTINE
 
 
 def prepare_manifest(data_config: DataConfig, decode=None, seed: int = 0,
@@ -122,8 +124,9 @@ def prepare_manifest(data_config: DataConfig, decode=None, seed: int = 0,
             manifest = Path(make_demo_corpus(manifest.parent, manifest_name=manifest.name))
     from .prepare import prepared_dir
 
-    if prepared_dir(manifest):  # `medclip data prepare` checked and split it once: read, never re-check
-        return _read_prepared_manifest(manifest, data_config)
+    prepared = prepared_dir(manifest)
+    if prepared:  # `medclip data prepare` checked and split it once: read, never re-check
+        return _read_prepared_manifest(manifest, prepared, data_config)
     df = load_manifest(manifest, data_config.columns)
     good, quarantine = check_manifest(df, data_config.sections, decode=decode, verify_images=data_config.verify_images,
                                       sections_missing=data_config.sections_missing)
