@@ -31,8 +31,9 @@ if __name__ == "__main__":
             import medclip
 
             model_config = medclip.create_model("tiny-vit").config
-        dataset, sampler, _ = build_data(recipe, model_config, info, out / f"run-{kind}")
+        source = build_data(recipe, model_config, info, out / f"run-{kind}")
+        assert type(source).__name__ == {"csv": "CsvSource", "shards": "ShardSource"}[kind]
         paths = [os.path.relpath(p, root / "prep") if os.path.isabs(p) else p
-                 for batch in train_loader(dataset, sampler, recipe, 0, 0, torch.device("cpu")) for p in batch["path"]]
+                 for batch in train_loader(source, 0, 0, torch.device("cpu")) for p in batch["path"]]
         (out / f"{kind}{info.rank}.txt").write_text("\n".join(paths) + "\n")
     cleanup_distributed()

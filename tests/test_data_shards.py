@@ -57,7 +57,7 @@ def _epoch_paths(source: ShardSource, epoch=0, start=0) -> list[list[str]]:
 
 @pytest.mark.slow
 def test_two_ranks_see_the_csv_paths_multiset_and_the_same_batch_count(sharded):
-    from medclip.train.distributed import ShardedBatchSampler
+    from medclip.data.sampling import ShardedBatchSampler
 
     rows, _ = read_prepared(sharded / "prep")
     train = rows[rows["split"] == "train"].reset_index(drop=True)

@@ -33,7 +33,8 @@ def test_validation_is_carved_from_training_patients_never_test(demo_corpus, tmp
     given = pd.read_csv(manifest)
     test_patients = set(given.loc[given["split"] == "test", "patient_id"])
     train_patients = set(given.loc[given["split"] == "train", "patient_id"])
-    dataset, _, val_loader = _build(manifest, tmp_path)
+    source = _build(manifest, tmp_path)
+    dataset, val_loader = source.dataset, source.val
     val_patients = set(val_loader.dataset.df["patient_id"])
     assert val_patients and val_patients <= train_patients and not val_patients & test_patients
     assert not set(dataset.df["patient_id"]) & val_patients  # carved out of training, not shared with it
@@ -44,5 +45,5 @@ def test_validation_is_carved_from_training_patients_never_test(demo_corpus, tmp
 
 
 def test_without_validation_fraction_there_is_no_validation_not_test(demo_corpus, tmp_path, caplog):
-    _, _, val_loader = _build(_manifest_without_val(demo_corpus, tmp_path), tmp_path, val=0.0)
-    assert val_loader is None and "test rows are never used for validation" in caplog.text
+    source = _build(_manifest_without_val(demo_corpus, tmp_path), tmp_path, val=0.0)
+    assert source.val is None and "test rows are never used for validation" in caplog.text

@@ -1,9 +1,12 @@
 """Data sources the trainer takes (like open_clip's ``DataInfo``): batches per epoch, an epoch hook, validation.
 
-Two implementations: the CSV path (a manifest's rows through :class:`~medclip.data.dataset.ImageReportDataset`
-and the trainer's sharded batch sampler) and :class:`ShardSource`, WebDataset tar shards written by
-``medclip data shard``. Both give every rank ``N // (batch × world)`` batches per epoch of the same
-samples: over one epoch the ranks together see each sample at most once, and the same multiset.
+A :class:`DataSource` has ``batches`` (``len()`` = batches per epoch on this rank; ``set_epoch(epoch, start)``),
+``epoch_loader(epoch, start)`` (this rank's batches ``start..`` of an epoch), ``val`` (the validation loader
+or None) and ``len()`` (samples). Two implementations: :class:`CsvSource`, a manifest's rows through
+:class:`~medclip.data.dataset.ImageReportDataset` and :class:`~medclip.data.sampling.ShardedBatchSampler`, and
+:class:`ShardSource`, WebDataset tar shards written by ``medclip data shard``. Both give every rank
+``N // (batch × world)`` batches per epoch of the same samples: over one epoch the ranks together see each
+sample at most once, and the same multiset. :func:`build_source` picks one from a recipe.
 
 How shards are read (every rank computes the same plan from ``shards.json``; nothing is exchanged):
 
@@ -20,15 +23,20 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
+from .sampling import SeededSamples, ShardedBatchSampler, mixed_seed
 from .stored import STORED_DTYPES, dequantize
 from .transforms import _one_thread as one_thread
+
+logger = logging.getLogger("medclip.train")
 
 
 def expand_shards(pattern: str, allow_pipe: bool = False) -> list[str]:
@@ -197,12 +205,14 @@ class ShardSource:
         self.info = {"seed": seed, "rank": rank, "world": world, "image_size": index["image_size"],
                      "in_chans": index["in_chans"], "shuffle_buffer": data_config.shuffle_buffer}
         self.batches = ShardBatches(self)
+        self.val = None  # set by shard_source: validation from data.manifest
 
     def __len__(self) -> int:
         return sum(self.counts)
 
     def epoch_loader(self, epoch: int, start: int = 0, pin_memory: bool = False):
         """Batches ``start..`` of ``epoch`` for this rank."""
+        self.batches.set_epoch(epoch, start)
         stream = ShardStream(self.urls, self.counts, self.transform, self.tokenizer, self.labels, self.batch_size,
                              {**self.info, "epoch": epoch, "start": start})
         return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=self.num_workers,
@@ -223,21 +233,114 @@ class ShardBatches:
         self.epoch, self.start = epoch, start
 
 
-def shard_data(recipe, model_config, tokenizer, rank: int, world: int) -> tuple:
-    """The trainer's ``(dataset, sampler, val_loader)`` from shards; validation from ``data.manifest`` if it exists.
+class DataSource(Protocol):
+    """What the trainer takes from the data layer (both :class:`CsvSource` and :class:`ShardSource` are one).
+
+    Attributes:
+        batches: ``len()`` is the batches per epoch on this rank; ``set_epoch(epoch, start)`` is the epoch hook.
+        val: the validation loader (non-shuffled; ``dataset.texts`` are its reports), or None.
+    """
+
+    batches: ShardedBatchSampler | ShardBatches
+    val: torch.utils.data.DataLoader | None
+
+    def __len__(self) -> int: ...
+
+    def epoch_loader(self, epoch: int, start: int = 0, pin_memory: bool = False):
+        """This rank's batches ``start..`` of ``epoch`` (an iterable of dict batches)."""
+
+
+class CsvSource:
+    """The CSV implementation: a manifest's checked training rows, cut into per-rank batches.
+
+    Global batch ``k`` of an epoch is the ``k``-th slice of a permutation seeded by (seed, epoch), each rank
+    taking its contiguous part (:class:`~medclip.data.sampling.ShardedBatchSampler`); each sample's
+    augmentation is seeded by (seed, epoch, index), so workers, ranks and a mid-epoch resume see the same draws.
+
+    Args:
+        dataset: the training rows (an :class:`~medclip.data.dataset.ImageReportDataset`).
+        batch_size: rows per batch on this rank.
+        seed: shuffle and augmentation seed.
+        rank: this process's rank.
+        world: number of processes.
+        num_workers: DataLoader worker processes.
+        val: the validation loader, or None.
+    """
+
+    def __init__(self, dataset, batch_size: int, seed: int, rank: int = 0, world: int = 1, num_workers: int = 0,
+                 val=None):
+        self.dataset, self.seed, self.num_workers, self.val = dataset, seed, num_workers, val
+        self.batches = ShardedBatchSampler(len(dataset), batch_size, seed, rank, world)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def epoch_loader(self, epoch: int, start: int = 0, pin_memory: bool = False):
+        """Batches ``start..`` of ``epoch`` for this rank (earlier batches are skipped, never loaded)."""
+        self.batches.set_epoch(epoch, start)
+        generator = torch.Generator().manual_seed(mixed_seed(self.seed, epoch))  # worker base seeds
+        samples = SeededSamples(self.dataset, self.seed, epoch)
+        return torch.utils.data.DataLoader(samples, batch_sampler=self.batches, num_workers=self.num_workers,
+                                           generator=generator, pin_memory=pin_memory)
+
+
+def build_source(recipe, model_config, tokenizer, rank: int = 0, world: int = 1, out_dir=None) -> DataSource:
+    """The recipe's data source: :class:`ShardSource` when ``data.shards`` is set, else :class:`CsvSource`.
+
+    Args:
+        recipe: the training recipe (``data`` and ``train`` sections).
+        model_config: a :class:`medclip.config.ModelConfig` (or its ``vision`` config).
+        tokenizer: ``medclip.get_tokenizer(model_config)``.
+        rank: this process's rank.
+        world: number of processes.
+        out_dir: where the CSV path writes ``quarantine.csv``/``splits.csv`` (the run folder, rank 0 only).
 
     Raises:
-        DataError: fewer samples than one global batch.
+        DataError: no training rows, or fewer than one global batch (``train.batch_size`` × processes).
     """
     data, cfg = recipe.data, recipe.train
-    vision = getattr(model_config, "vision", model_config)
-    source = ShardSource(data, vision, tokenizer, cfg.batch_size, cfg.seed, rank, world)
-    if len(source.batches) == 0:
-        raise DataError(f"{data.shards}: {len(source)} samples, fewer than one global batch "
-                        f"({cfg.batch_size} x {world} processes); lower train.batch_size")
-    val = None
-    if Path(data.manifest).exists():
-        from .dataset import build_dataloaders
+    if data.shards:
+        source = ShardSource(data, getattr(model_config, "vision", model_config), tokenizer, cfg.batch_size,
+                             cfg.seed, rank, world)
+        if len(source.batches) == 0:
+            raise DataError(f"{data.shards}: {len(source)} samples, fewer than one global batch "
+                            f"({cfg.batch_size} x {world} processes); lower train.batch_size")
+        if Path(data.manifest).exists():  # validation from data.manifest when there is one
+            from .dataset import build_dataloaders
 
-        val = build_dataloaders(data, model_config, tokenizer, seed=cfg.seed).get("val")
-    return source, source.batches, val
+            source.val = _capped(build_dataloaders(data, model_config, tokenizer, seed=cfg.seed).get("val"), cfg)
+        return source
+    return _csv_source(recipe, model_config, tokenizer, rank, world, out_dir)
+
+
+def _csv_source(recipe, model_config, tokenizer, rank: int, world: int, out_dir) -> CsvSource:
+    from .dataset import build_dataloaders
+
+    data, cfg = recipe.data, recipe.train
+    loaders = build_dataloaders(data, model_config, tokenizer, seed=cfg.seed, out_dir=out_dir)
+    if "train" not in loaders:
+        raise DataError(f"{data.manifest}: no training rows (check the split column)")
+    dataset = loaders["train"].dataset
+    if len(dataset) < cfg.batch_size * world:
+        raise DataError(f"{data.manifest}: {len(dataset)} training rows, fewer than one global batch "
+                        f"({cfg.batch_size} x {world} processes); lower train.batch_size")
+    if "val" not in loaders:
+        logger.warning("no validation rows (data.val is 0, or too few patients): no validation metrics and no "
+                       "best/; test rows are never used for validation")
+    return CsvSource(dataset, cfg.batch_size, cfg.seed, rank, world, data.num_workers, _capped(loaders.get("val"), cfg))
+
+
+def _capped(loader, train_config):
+    """``loader``, or a loader over a seeded, fixed subset of ``train.val_max_pairs`` of its pairs (the same at
+    every validation) when it holds more."""
+    n = train_config.val_max_pairs
+    if loader is None or not n or len(loader.dataset) <= n:
+        return loader
+    from .dataset import ImageReportDataset
+
+    full = loader.dataset
+    keep = np.sort(np.random.default_rng(train_config.seed).choice(len(full), size=n, replace=False))
+    logger.info("validation on a fixed subset of %d of %d pairs (train.val_max_pairs)", n, len(full))
+    subset = ImageReportDataset(full.df.iloc[keep], full.image_transform, full.tokenizer, full.label_columns)
+    return torch.utils.data.DataLoader(subset, batch_size=loader.batch_size, shuffle=False,
+                                       num_workers=loader.num_workers)

@@ -8,11 +8,10 @@ import random
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError
 from .accel import accelerate_model, pin_memory
-from .distributed import DistInfo, SeededSamples, ShardedBatchSampler, mixed_seed
+from .distributed import DistInfo
 
 logger = logging.getLogger("medclip.train")
 
@@ -99,61 +98,22 @@ def set_train_mode(model, cfg) -> None:
             freeze_locked_modules(tower)
 
 
-def build_data(recipe, model_config, info: DistInfo, run_dir) -> tuple:
-    """Data loaders of the data layer, plus the resumable sharded batch sampler for training.
+def build_data(recipe, model_config, info: DistInfo, run_dir):
+    """The run's :class:`~medclip.data.source.DataSource` (CSV manifest or WebDataset shards) for this rank.
 
-    Returns:
-        ``(train_dataset, sampler, val_loader_or_None)``; the sampler yields ``train.batch_size`` rows per
-        process, the validation loader ``data.eval_batch_size``.
+    Its batches hold ``train.batch_size`` rows per process, its validation loader ``data.eval_batch_size``.
 
     Raises:
         DataError: when the training split is smaller than one global batch.
     """
-    from ..data.dataset import build_dataloaders
+    from ..data.source import build_source
     from ..tokenizer import get_tokenizer
 
-    cfg = recipe.train
-    if recipe.data.shards:  # WebDataset shards: medclip.data.source.ShardSource stands in for dataset + sampler
-        from ..data.source import shard_data
-
-        return shard_data(recipe, model_config, get_tokenizer(model_config), info.rank, info.world_size)
-    loaders = build_dataloaders(recipe.data, model_config, get_tokenizer(model_config), seed=cfg.seed,
-                                out_dir=run_dir if info.is_main else None)
-    if "train" not in loaders:
-        raise DataError(f"{recipe.data.manifest}: no training rows (check the split column)")
-    dataset = loaders["train"].dataset
-    batch_size = cfg.batch_size
-    if len(dataset) < batch_size * info.world_size:
-        raise DataError(f"{recipe.data.manifest}: {len(dataset)} training rows, fewer than one global batch "
-                        f"({batch_size} x {info.world_size} processes); lower train.batch_size")
-    sampler = ShardedBatchSampler(len(dataset), batch_size, cfg.seed, info.rank, info.world_size)
-    if "val" not in loaders:
-        logger.warning("no validation rows (data.val is 0, or too few patients): no validation metrics and no "
-                       "best/; test rows are never used for validation")
-    val = loaders.get("val")
-    if val is not None and cfg.val_max_pairs and len(val.dataset) > cfg.val_max_pairs:
-        val = _fixed_subset(val, cfg.val_max_pairs, cfg.seed)
-    return dataset, sampler, val
+    return build_source(recipe, model_config, get_tokenizer(model_config), info.rank, info.world_size,
+                        out_dir=run_dir if info.is_main else None)
 
 
-def _fixed_subset(loader: DataLoader, n: int, seed: int) -> DataLoader:
-    """A loader over a seeded, fixed subset of ``n`` pairs of ``loader``'s dataset (same every validation)."""
-    from ..data.dataset import ImageReportDataset
-
-    full = loader.dataset
-    keep = np.sort(np.random.default_rng(seed).choice(len(full), size=n, replace=False))
-    logger.info("validation on a fixed subset of %d of %d pairs (train.val_max_pairs)", n, len(full))
-    subset = ImageReportDataset(full.df.iloc[keep], full.image_transform, full.tokenizer, full.label_columns)
-    return DataLoader(subset, batch_size=loader.batch_size, shuffle=False, num_workers=loader.num_workers)
-
-
-def train_loader(dataset, sampler: ShardedBatchSampler, recipe, epoch: int, start: int, device) -> DataLoader:
-    """A loader for one epoch from micro-batch ``start``; each sample's augmentation is seeded by (seed, epoch,
-    index), so workers, ranks and a mid-epoch resume all see the same draws."""
-    sampler.set_epoch(epoch, start)
-    if hasattr(dataset, "epoch_loader"):  # shards: the source plans its own per-rank, per-worker batches
-        return dataset.epoch_loader(epoch, start, pin_memory=device.type == "cuda")
-    generator = torch.Generator().manual_seed(mixed_seed(recipe.train.seed, epoch))  # worker base seeds
-    samples = SeededSamples(dataset, recipe.train.seed, epoch)
-    return DataLoader(samples, batch_sampler=sampler, num_workers=recipe.data.num_workers, generator=generator,
-                      pin_memory=pin_memory(device))
+def train_loader(source, epoch: int, start: int, device):
+    """The source's loader for one epoch from micro-batch ``start``; each sample's augmentation is seeded by (seed,
+    epoch, sample), so workers, ranks and a mid-epoch resume all see the same draws."""
+    return source.epoch_loader(epoch, start, pin_memory=pin_memory(device))

@@ -98,10 +98,10 @@ class Run:
             run_dir.mkdir(parents=True, exist_ok=True)
             _write_run_files(run_dir, recipe, self.precision, info.world_size)
         barrier()
-        self.dataset, self.sampler, self.val_loader = build_data(recipe, self.core.config, info, run_dir)
+        self.data = build_data(recipe, self.core.config, info, run_dir)
         self.images_per_step = cfg.batch_size * info.world_size * cfg.accumulation
         by_samples = math.ceil(cfg.max_samples / self.images_per_step) if cfg.max_samples else sys.maxsize
-        self.total = min(max(1, len(self.sampler) // cfg.accumulation) * cfg.epochs, cfg.max_steps or sys.maxsize,
+        self.total = min(max(1, len(self.data.batches) // cfg.accumulation) * cfg.epochs, cfg.max_steps or sys.maxsize,
                          by_samples)
         self.optimizer = build_optimizer(self.core, cfg)
         self.scheduler = build_scheduler(self.optimizer, self._warmup_steps(), self.total)
@@ -158,10 +158,10 @@ class Run:
     def validate(self) -> None:
         """Validation metrics (every process encodes a slice); rank 0 logs them and writes ``best/`` when the
         validation loss improves."""
-        if self.val_loader is not None:
+        if self.data.val is not None:
             self.ensure_finite("best/")
             autocast = partial(autocast_context, self.device, self.precision)
-            self.metrics = validate(self.core, self.val_loader, self.device, autocast, get_loss(self.cfg.loss),
+            self.metrics = validate(self.core, self.data.val, self.device, autocast, get_loss(self.cfg.loss),
                                     self.cfg.batch_size)
             improved = self.best_val_loss is None or self.metrics["val_loss"] < self.best_val_loss
             self.best_val_loss = self.metrics["val_loss"] if improved else self.best_val_loss
@@ -265,7 +265,7 @@ def _fit(run: Run, stop_at: int, max_minutes: float | None) -> None:
     stopped = run.step >= stop_at
     while not stopped and run.epoch < cfg.epochs:
         micro = []
-        for batch in make_loader(run.dataset, run.sampler, run.recipe, run.epoch, run.position, run.device):
+        for batch in make_loader(run.data, run.epoch, run.position, run.device):
             micro.append(batch)
             run.position += 1
             if len(micro) < cfg.accumulation:
