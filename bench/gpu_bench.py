@@ -182,7 +182,7 @@ def demo_loaders(manifest: Path, model_config, batch: int, workers: int) -> dict
 
     data = DataConfig(manifest=str(manifest), sections=None, eval_batch_size=batch, num_workers=workers,
                       cache_dir=str(manifest.parent / "cache"))
-    return build_dataloaders(data, model_config, medclip.get_tokenizer(model_config), seed=0)
+    return build_dataloaders(data, model_config, medclip.get_tokenizer(model_config), seed=0, train_batch_size=batch)
 
 
 def section_zeroshot(args, sizes, device, manifest) -> list[list[str]]:

@@ -156,7 +156,8 @@ def prepare_manifest(data_config: DataConfig, decode=None, seed: int = 0,
 
 
 def build_dataloaders(data_config: DataConfig, model_config, tokenizer, seed: int = 0,
-                      out_dir: str | os.PathLike | None = None) -> dict[str, DataLoader]:
+                      out_dir: str | os.PathLike | None = None,
+                      train_batch_size: int | None = None) -> dict[str, DataLoader]:
     """Data loaders per split: checked rows only, leak-free splits, cached preprocessing, train augmentation.
 
     Args:
@@ -166,6 +167,11 @@ def build_dataloaders(data_config: DataConfig, model_config, tokenizer, seed: in
         tokenizer: ``medclip.get_tokenizer(model_config)``.
         seed: split and shuffle seed.
         out_dir: folder for ``quarantine.csv``/``splits.csv`` (e.g. the run folder).
+        train_batch_size: rows per batch of the ``train`` loader (shuffled, augmented, last incomplete batch
+            dropped). None: ``data_config.eval_batch_size``, the ``val``/``test`` loaders' size, which is
+            rarely the training batch (``train.batch_size``): pass it. The trainer does not use this
+            loader's batches (:class:`~medclip.data.source.CsvSource` samples ``train.batch_size`` rows per
+            rank from its dataset).
 
     Returns:
         ``{"train": loader, "val": loader, "test": loader}`` for the splits that have rows; each
@@ -188,9 +194,10 @@ def build_dataloaders(data_config: DataConfig, model_config, tokenizer, seed: in
         train = split == "train"
         dataset = ImageReportDataset(rows, train_tf if train else eval_tf, tokenizer, labels)
         generator = torch.Generator().manual_seed(seed)
+        size = (train_batch_size or data_config.eval_batch_size) if train else data_config.eval_batch_size
         loaders[split] = DataLoader(
-            dataset, batch_size=data_config.eval_batch_size, shuffle=train, generator=generator,
-            drop_last=train and len(rows) >= data_config.eval_batch_size, num_workers=data_config.num_workers,
+            dataset, batch_size=size, shuffle=train, generator=generator,
+            drop_last=train and len(rows) >= size, num_workers=data_config.num_workers,
             persistent_workers=data_config.num_workers > 0,
         )
     sizes = ", ".join(f"{k} {len(v.dataset)}" for k, v in loaders.items())

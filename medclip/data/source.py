@@ -317,7 +317,8 @@ def _csv_source(recipe, model_config, tokenizer, rank: int, world: int, out_dir)
     from .dataset import build_dataloaders
 
     data, cfg = recipe.data, recipe.train
-    loaders = build_dataloaders(data, model_config, tokenizer, seed=cfg.seed, out_dir=out_dir)
+    loaders = build_dataloaders(data, model_config, tokenizer, seed=cfg.seed, out_dir=out_dir,
+                                train_batch_size=cfg.batch_size)
     if "train" not in loaders:
         raise DataError(f"{data.manifest}: no training rows (check the split column)")
     dataset = loaders["train"].dataset
