@@ -7,9 +7,11 @@ Targets per tower kind (``LoraConfig.target_modules`` is a regex over module nam
 * a timm ViT image tower: the fused ``qkv`` projection. This differs from CLIP-LoRA, which adapts
   separate q/k/v matrices: one rank-r update of the fused matrix is *not* three independent rank-r
   updates (it shares the down-projection across q, k and v);
+* a wrapped Hugging Face Swin image tower (MedCLIP-ViT): the separate ``q_proj``, ``k_proj``, ``v_proj`` of
+  every block's window attention (transformers 4.x names them ``self.query``/``key``/``value``; both match);
 * CNN image towers get no LoRA: the text side is adapted and image features come from the cache.
 
-``encoder: auto`` adapts both towers of a ViT model and the text tower of a CNN model; ``text`` keeps
+``encoder: auto`` adapts both towers of a ViT or Swin model and the text tower of a CNN model; ``text`` keeps
 the image tower frozen (cached features, fast on CPU). Defaults follow CLIP-LoRA: r 2, alpha 1,
 dropout 0.25, AdamW lr 2e-4, weight decay 1e-2, batch 32, 500 × shots iterations with cosine decay
 to 1e-6 (``max_iters`` caps it). Only the adapter is saved, in peft's format
@@ -34,14 +36,22 @@ from .loop import Schedule, optimise
 # HF text towers: BERT-style query/key/value, SigLIP's self_attn.q_proj/k_proj/v_proj
 TEXT_TARGETS = {"clip": r"text\.blocks\.\d+\.attn\.(q_proj|k_proj|v_proj)",
                 "hf": r"text\..*\.(query|key|value|self_attn\.q_proj|self_attn\.k_proj|self_attn\.v_proj)"}
-VISION_TARGETS = {"vit": r"visual\.trunk\.blocks\.\d+\.attn\.qkv"}
+VISION_TARGETS = {"vit": r"visual\.trunk\.blocks\.\d+\.attn\.qkv",
+                  "swin": r"visual\.trunk\.model\.encoder\.layers\.\d+\.blocks\.\d+\.attention\."
+                          r"(q_proj|k_proj|v_proj|self\.query|self\.key|self\.value)"}
 
 
 def tower_kinds(model) -> tuple[str, str]:
-    """(text kind ``clip``/``hf``, image kind ``vit``/``cnn``) of a medclip model."""
+    """(text kind ``clip``/``hf``, image kind ``vit``/``swin``/``cnn``) of a medclip model."""
     text = "hf" if getattr(model.config.text, "hf_model_dir", None) else "clip"
+    hf_vision = getattr(model.config.vision, "hf_config", None) or {}
     names = [name for name, _ in model.visual.named_modules()]
-    vision = "vit" if any(n.startswith("trunk.blocks.") and n.endswith("attn.qkv") for n in names) else "cnn"
+    if hf_vision.get("model_type") == "swin":
+        vision = "swin"
+    elif any(n.startswith("trunk.blocks.") and n.endswith("attn.qkv") for n in names):
+        vision = "vit"
+    else:
+        vision = "cnn"
     return text, vision
 
 
@@ -52,7 +62,7 @@ def lora_target_regex(model, encoder: str = "auto") -> tuple[str, bool]:
         raise ConfigError(f"lora encoder must be auto, text, vision or both, got '{encoder}'")
     text_kind, vision_kind = tower_kinds(model)
     if encoder == "auto":
-        encoder = "both" if vision_kind == "vit" else "text"
+        encoder = "text" if vision_kind == "cnn" else "both"
     if encoder in ("vision", "both") and vision_kind == "cnn":
         raise ConfigError("LoRA is not applied to CNN image towers; use encoder: text (cached image features)")
     parts = []

@@ -1,5 +1,6 @@
-"""Every converted zoo model (tiny replicas: BiomedCLIP layout, SigLIP, UniMed-CLIP, MedCLIP-ResNet) works
-downstream: zero-shot and all five adapters fit, predict and reload; ``medclip retrieve`` runs on it."""
+"""Every converted zoo model (tiny replicas: BiomedCLIP layout, SigLIP, UniMed-CLIP, PMC-CLIP, MedCLIP-ResNet,
+MedCLIP-ViT) works downstream: zero-shot and all five adapters fit, predict and reload; ``medclip retrieve`` runs
+on it."""
 
 from __future__ import annotations
 
@@ -53,7 +54,42 @@ def _medclip_resnet(tmp):
     return tmp / "m", ["--from", "medclip-resnet", "--text-model", str(tmp / "bert")]
 
 
-@pytest.fixture(scope="module", params=["biomedclip", "siglip", "unimed-clip", "medclip-resnet"])
+def _pmc_clip(tmp):
+    """PMC-CLIP's training-checkpoint layout (``module.`` keys; the main published one); RN50 depths, width 16."""
+    import torch
+    from reference.pmc_clip import PMCCLIPReference
+    from test_interop_zoo import _tiny_bert, randomise
+    from transformers import BertConfig
+
+    _tiny_bert(tmp / "pubmedbert")
+    torch.manual_seed(0)
+    reference = randomise(PMCCLIPReference(BertConfig.from_pretrained(tmp / "pubmedbert")), seed=6)
+    torch.save(reference.published_state(), tmp / "checkpoint.pt")
+    return tmp / "checkpoint.pt", ["--text-model", str(tmp / "pubmedbert")]
+
+
+def _medclip_vit(tmp):
+    """MedCLIP-ViT's ``pytorch_model.bin``: an HF Swin (2 stages, width 16) + Bio_ClinicalBERT-style BERT."""
+    import torch
+    from reference.medclip import MedCLIPViTReference
+    from test_interop_medclip import _bert
+    from test_interop_zoo import randomise
+    from transformers import SwinConfig
+
+    swin = SwinConfig(image_size=224, patch_size=4, embed_dim=16, depths=[1, 2], num_heads=[1, 2], window_size=7,
+                      mlp_ratio=2.0)
+    torch.manual_seed(0)
+    reference = randomise(MedCLIPViTReference(_bert(tmp / "bert"), swin), seed=9)
+    (tmp / "m").mkdir()
+    torch.save(reference.state_dict(), tmp / "m" / "pytorch_model.bin")
+    return tmp / "m", ["--from", "medclip-vit", "--text-model", str(tmp / "bert")]
+
+
+REPLICAS = {"unimed-clip": _unimed, "pmc-clip": _pmc_clip, "medclip-resnet": _medclip_resnet,
+            "medclip-vit": _medclip_vit}
+
+
+@pytest.fixture(scope="module", params=["biomedclip", "siglip", *REPLICAS])
 def converted(request, tmp_path_factory):
     import medclip
 
@@ -68,7 +104,7 @@ def converted(request, tmp_path_factory):
 
         source = _siglip_folder(tmp)[0]
     else:
-        source, extra = (_unimed if request.param == "unimed-clip" else _medclip_resnet)(tmp)
+        source, extra = REPLICAS[request.param](tmp)
     assert main(["convert", str(source), *extra, "--output", str(tmp / "model")]) == 0
     return tmp / "model", medclip.from_pretrained(str(tmp / "model")).eval()
 
@@ -85,6 +121,33 @@ def test_adapters_on_converted_models(converted, name, frames, tmp_path):
     method.save(str(tmp_path / "adapter"))
     reloaded = ma.load_method(str(tmp_path / "adapter"), model, cache=ma.FeatureCache())
     np.testing.assert_allclose(reloaded.predict_proba(frames["test"]), probs, atol=1e-6)
+
+
+# image tower kind of each converted model -> what LoRA's default (encoder: auto) adapts on the image side
+IMAGE_KINDS = {"biomedclip": "vit", "siglip": "vit", "unimed-clip": "vit", "pmc-clip": "cnn",
+               "medclip-resnet": "cnn", "medclip-vit": "swin"}
+
+
+def test_lora_targets_on_converted_models(converted, request):
+    """LoRA's default targets on each tower kind: every attention q/k/v of the HF text tower (BERT ``query,key,
+    value``; SigLIP ``q_proj,k_proj,v_proj``), a timm ViT's fused ``qkv``, a Swin's ``q_proj,k_proj,v_proj``, none
+    in a CNN (PMC-CLIP's ModifiedResNet, MedCLIP's ResNet-50)."""
+    import re
+
+    from medclip_adapters.lora import lora_target_regex, tower_kinds
+
+    _, model = converted
+    kind = IMAGE_KINDS[request.node.callspec.params["converted"]]
+    regex, adapts_vision = lora_target_regex(model, "auto")
+    hit = [name for name, _ in model.named_modules() if re.fullmatch(regex, name)]
+    text, image = [n for n in hit if n.startswith("text.")], [n for n in hit if n.startswith("visual.")]
+    assert tower_kinds(model) == ("hf", kind) and adapts_vision == (kind != "cnn")
+    assert len(text) == 3 * model.text.model.config.num_hidden_layers
+    assert {n.rsplit(".", 1)[-1] for n in text} in ({"query", "key", "value"}, {"q_proj", "k_proj", "v_proj"})
+    assert {n.rsplit(".", 1)[-1] for n in image} == {"swin": {"q_proj", "k_proj", "v_proj"}, "vit": {"qkv"},
+                                                     "cnn": set()}[kind]
+    if kind == "swin":
+        assert len(image) == 3 * sum(model.config.vision.hf_config["depths"])
 
 
 def test_retrieve_on_converted_models(converted, frames, tmp_path):

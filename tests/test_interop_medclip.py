@@ -99,6 +99,8 @@ def test_medclip_vit_matches_reference(tmp_path, names):
                  str(tmp_path / "bio_clinicalbert"), "--output", str(tmp_path / "out")]) == 0
     ours = medclip.from_pretrained(str(tmp_path / "out")).eval()
     assert ours.config.vision.hf_config["depths"] == [1, 2] and ours.config.vision.hf_config["window_size"] == 7
+    card = (tmp_path / "out" / "README.md").read_text()  # the card names the wrapped Swin, not timm's unused default
+    assert "image tower: transformers `swin` (wrapped), 224 px" in card and "timm" not in card
     image = torch.randn(2, 1, 224, 224)
     ids = medclip.get_tokenizer(ours.config)(["no acute effusion", "the heart is enlarged"])
     longest = int((ids != 0).sum(1).max())

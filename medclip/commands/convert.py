@@ -55,7 +55,7 @@ def run(args) -> int:
     diff = _round_trip(loaded.model, args.output)
     _write_card(args.output, loaded, hashes, diff)
     params = sum(p.numel() for p in loaded.model.parameters())
-    print(f"wrote {args.output} (from {loaded.format}: {loaded.model.config.vision.timm_model}, {params:,} "
+    print(f"wrote {args.output} (from {loaded.format}: {_image_tower(loaded.model.config.vision)}, {params:,} "
           f"parameters; reloaded folder matches the converted model, max |diff| {diff:.1e})")
     return 0
 
@@ -91,13 +91,21 @@ def _round_trip(model, output: str) -> float:
     return max(float((a[k] - b[k]).abs().max()) for k in ("image_features", "text_features"))
 
 
+def _image_tower(vision) -> str:
+    """The image tower as the card names it: the timm model, or the wrapped transformers model (``timm_model`` is
+    then an unused default)."""
+    if vision.hf_config:
+        return f"transformers `{vision.hf_config['model_type']}` (wrapped)"
+    return f"timm `{vision.timm_model}`"
+
+
 def _write_card(output: str, loaded, hashes: dict, diff: float) -> None:
     cfg = loaded.model.config
     lines = ["# medclip model (converted)", "",
              f"- source format: `{loaded.format}`", f"- source: `{loaded.source}`"]
     lines += [f"- source file `{name}` sha256: `{digest}`" for name, digest in hashes.items()]
     lines += [f"- license (from the source's model card): {loaded.license or 'not stated by the source'}",
-              f"- image tower: timm `{cfg.vision.timm_model}`, {cfg.vision.image_size} px, mean {cfg.vision.mean}, "
+              f"- image tower: {_image_tower(cfg.vision)}, {cfg.vision.image_size} px, mean {cfg.vision.mean}, "
               f"std {cfg.vision.std}",
               f"- text tower: {'Hugging Face encoder in text/' if cfg.text.hf_model_dir else 'CLIP transformer'}, "
               f"context {cfg.text.context_length}",
