@@ -7,7 +7,15 @@ import torch
 import torch.nn.functional as F
 
 from medclip.errors import DataError
-from medclip.eval.retrieval import alignment, embedding_metrics, retrieval_metrics, uniformity
+from medclip.eval.retrieval import (
+    alignment,
+    embedding_metrics,
+    metrics_from_ranks,
+    retrieval_metrics,
+    retrieval_ranks,
+    uniformity,
+    uniformity_logsumexp,
+)
 
 
 def _unit(rows):
@@ -89,3 +97,24 @@ def test_tiled_uniformity_equals_pdist_reference():
     for chunk in (1, 7, 299, 1024):
         assert uniformity(x, chunk=chunk) == pytest.approx(reference, abs=1e-9)
     assert uniformity(x[:2]) == pytest.approx(-2 * float((x[0] - x[1]).pow(2).sum()), abs=1e-6)
+
+
+def test_row_shares_of_ranks_and_uniformity_combine_to_the_whole():
+    """What each torchrun process scores (a slice of the queries, a slice of the pair rows) adds up exactly."""
+    g = torch.Generator().manual_seed(3)
+    img = F.normalize(torch.randn(37, 8, generator=g), dim=1)
+    txt = F.normalize(img + 0.7 * torch.randn(37, 8, generator=g), dim=1)
+    texts = [f"report {i % 13}" for i in range(37)]  # repeated reports: duplicate hits in every share
+    whole = retrieval_ranks(img, txt, texts)
+    cuts = [0, 5, 5, 20, 37]  # uneven shares, one empty
+    shares = [retrieval_ranks(img, txt, texts, range(a, b), chunk=4) for a, b in zip(cuts, cuts[1:])]
+    assert [len(s[0]) for s in shares] == [5, 0, 15, 17]
+    for d in (0, 1):
+        assert torch.equal(torch.cat([s[d] for s in shares]), whole[d])
+    assert (whole[0] > 1).any() and (whole[0] == 1).any()  # neither all hits nor all misses
+    expected = retrieval_metrics(img, txt, texts)
+    assert metrics_from_ranks(*whole) == {k: v for k, v in expected.items() if k not in ("n", "n_distinct_texts")}
+    for x in (img, txt):
+        parts = torch.stack([uniformity_logsumexp(x, range(a, b), chunk=3) for a, b in ((0, 2), (2, 2), (2, 36))])
+        assert parts[1] == float("-inf")
+        assert float(torch.logsumexp(parts, 0) - math.log(37 * 36 / 2)) == pytest.approx(uniformity(x), abs=1e-12)

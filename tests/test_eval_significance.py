@@ -7,7 +7,15 @@ import pytest
 import torch
 
 from medclip.eval.retrieval import retrieval_metrics
-from medclip.eval.significance import auroc_test, format_p, holm, retrieval_pvalues, verdicts
+from medclip.eval.significance import (
+    auroc_test,
+    format_p,
+    holm,
+    permutation_draws,
+    pvalues_from_draws,
+    retrieval_pvalues,
+    verdicts,
+)
 
 
 def _pairs(n: int, n_texts: int, noise: float, seed: int = 0):
@@ -90,3 +98,15 @@ def test_pretrain_summary_prints_tested_verdicts():
     r1 = next(line for line in text.splitlines() if line.strip().startswith("R@1:"))
     assert r1.count("above chance, Holm p=0.0024") == 2 and "NOT" not in r1  # 0.0004 x 6 = 0.0024
     assert "Holm-corrected over the 6 printed here" in text
+
+
+def test_shares_of_the_permutations_interleave_to_the_one_process_draws():
+    """Process r of w scores permutations r, r + w, ...: the shares are exactly the single-process draws."""
+    img, txt, texts = _pairs(40, 12, noise=1.0)
+    observed, draws = permutation_draws(img, txt, texts, n_permutations=101)
+    assert draws.shape == (101, 2, 3) and draws.std(0).min() > 0  # real, varying draws
+    shares = [permutation_draws(img, txt, texts, n_permutations=101, part=(r, 3)) for r in range(3)]
+    assert [len(s[1]) for s in shares] == [34, 34, 33]
+    for r, (obs, share) in enumerate(shares):
+        assert torch.equal(obs, observed) and torch.equal(share, draws[r::3])
+    assert pvalues_from_draws(observed, draws) == retrieval_pvalues(img, txt, texts, n_permutations=101)

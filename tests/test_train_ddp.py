@@ -46,7 +46,8 @@ def test_two_process_gloo_equals_one_process_double_batch(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_validation_sharded_over_two_processes_equals_one_process(tmp_path):
-    """Each rank encodes a slice of 11 pairs (6 + 5); the gathered metrics equal a single process's."""
+    """Each rank encodes a slice of 11 pairs (5 + 6) and scores a share of the retrieval queries, the uniformity
+    pairs and the permutations; the gathered metrics equal a single process's."""
     import json
 
     sys.path.insert(0, str(HERE))
@@ -57,3 +58,9 @@ def test_validation_sharded_over_two_processes_equals_one_process(tmp_path):
     assert sharded.keys() == single.keys() and single["val_n"] == sharded["val_n"] == 11
     for key, value in single.items():
         assert sharded[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+    assert 0 < single["val_i2t_R@5"] < 1 and single["val_n_permutations"] == 1000  # nothing degenerate compared
+    shares = [json.loads((tmp_path / f"val.json.rank{r}.json").read_text()) for r in (0, 1)]
+    assert [s["queries"] for s in shares] == [[[0, 5]], [[5, 11]]]  # each rank ranked its queries only
+    pair_rows = [s["pair_rows"] for s in shares]  # image and text uniformity: rows split by pair count (34 + 21)
+    assert pair_rows[0] == [[0, 4]] * 2 and pair_rows[1] == [[4, 10]] * 2
+    assert [s["permutations"] for s in shares] == [[500], [500]]

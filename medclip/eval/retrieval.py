@@ -58,7 +58,45 @@ def _first_hit_ranks(queries: torch.Tensor, keys: torch.Tensor, query_group: tor
         # keys strictly better than the best correct one, plus wrong keys tied with it (pessimistic)
         better = (sims > best_correct) | ((sims == best_correct) & ~correct)
         ranks.append(better.sum(dim=1) + 1)
-    return torch.cat(ranks)
+    return torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)
+
+
+@torch.no_grad()
+def retrieval_ranks(image_features: torch.Tensor, text_features: torch.Tensor, texts: Sequence[str] | None = None,
+                    rows: range | None = None, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """1-based rank of the first correct key (the pair, or an identical report) for each query in ``rows``.
+
+    The ranks of a split of the rows, concatenated in row order, are the ranks of all rows: processes can
+    each score a slice of the queries against every key (``O(len(rows) · N · D)`` work).
+
+    Args:
+        image_features: ``(N, D)`` normalised image embeddings, row ``i`` paired with text row ``i``.
+        text_features: ``(N, D)`` normalised report embeddings.
+        texts: the ``N`` reports (identical texts count as correct for each other); None: only the pair.
+        rows: the queries to rank (default all ``N``).
+        chunk: queries scored at once.
+
+    Returns:
+        ``(image→text ranks, text→image ranks)``, long tensors of ``len(rows)``.
+    """
+    n = image_features.shape[0]
+    rows = range(n) if rows is None else rows
+    img, txt = image_features.float(), text_features.float()
+    groups = _text_groups(texts, n)
+    picked = slice(rows.start, rows.stop)
+    return (_first_hit_ranks(img[picked], txt, groups[picked], groups, chunk),
+            _first_hit_ranks(txt[picked], img, groups[picked], groups, chunk))
+
+
+def metrics_from_ranks(i2t: torch.Tensor, t2i: torch.Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    """``{i2t,t2i}_R@K``, median and mean rank from the ranks of all ``N`` queries (:func:`retrieval_ranks`)."""
+    out: dict[str, float] = {}
+    for name, ranks in (("i2t", i2t.float()), ("t2i", t2i.float())):
+        for kk in ks:
+            out[f"{name}_R@{kk}"] = float((ranks <= kk).float().mean())
+        out[f"{name}_median_rank"] = float(ranks.quantile(0.5))
+        out[f"{name}_mean_rank"] = float(ranks.mean())
+    return out
 
 
 @torch.no_grad()
@@ -82,22 +120,20 @@ def retrieval_metrics(image_features: torch.Tensor, text_features: torch.Tensor,
     Raises:
         DataError: when shapes do not pair up.
     """
+    check_pairs(image_features, text_features)
+    n = image_features.shape[0]
+    out: dict[str, float] = {"n": n, "n_distinct_texts": int(_text_groups(texts, n).unique().numel())}
+    out.update(metrics_from_ranks(*retrieval_ranks(image_features, text_features, texts, chunk=chunk), ks))
+    return out
+
+
+def check_pairs(image_features: torch.Tensor, text_features: torch.Tensor) -> None:
+    """Raise :class:`~medclip.errors.DataError` unless both are ``(N, D)`` with the same ``N >= 1``."""
     if image_features.ndim != 2 or image_features.shape != text_features.shape:
         raise DataError(f"retrieval: image features {tuple(image_features.shape)} and text features "
                         f"{tuple(text_features.shape)} must both be (N, D) with the same N")
-    n = image_features.shape[0]
-    if n == 0:
+    if image_features.shape[0] == 0:
         raise DataError("retrieval: no pairs to evaluate (empty manifest?)")
-    img, txt = image_features.float(), text_features.float()
-    groups = _text_groups(texts, n)
-    out: dict[str, float] = {"n": n, "n_distinct_texts": int(groups.unique().numel())}
-    for name, q, k in (("i2t", img, txt), ("t2i", txt, img)):
-        ranks = _first_hit_ranks(q, k, groups, groups, chunk).float()
-        for kk in ks:
-            out[f"{name}_R@{kk}"] = float((ranks <= kk).float().mean())
-        out[f"{name}_median_rank"] = float(ranks.quantile(0.5))
-        out[f"{name}_mean_rank"] = float(ranks.mean())
-    return out
 
 
 def alignment(x: torch.Tensor, y: torch.Tensor, alpha: float = 2.0) -> float:
@@ -128,15 +164,31 @@ def uniformity(x: torch.Tensor, t: float = 2.0, chunk: int = 1024) -> float:
     n = x.shape[0]
     if n < 2:
         raise DataError("uniformity needs at least 2 embeddings")
+    return float(uniformity_logsumexp(x, range(n - 1), t, chunk) - math.log(n * (n - 1) / 2))
+
+
+def uniformity_logsumexp(x: torch.Tensor, rows: range, t: float = 2.0, chunk: int = 1024) -> torch.Tensor:
+    """``log Σ exp(-t ||x_i - x_j||²)`` over the pairs ``j > i`` with ``i`` in ``rows`` (float64; -inf for none).
+
+    The log-sum-exp of the values of a split of ``range(N - 1)`` is that of all distinct pairs, so processes
+    can each take a slice of the rows (:func:`uniformity` subtracts ``log(N(N-1)/2)``).
+
+    Args:
+        x: ``(N, D)`` normalised embeddings.
+        rows: first members ``i`` of the pairs (a contiguous range).
+        t: the temperature.
+        chunk: rows per block.
+    """
+    n = x.shape[0]
     x = x.detach().double()
     sq_norm = x.pow(2).sum(1)
     parts = []
-    for start in range(0, n - 1, chunk):
-        stop = min(start + chunk, n - 1)  # block rows i in [start, stop) pair with columns j > i
+    for start in range(rows.start, min(rows.stop, n - 1), chunk):
+        stop = min(start + chunk, rows.stop, n - 1)  # block rows i in [start, stop) pair with columns j > i
         sq = (sq_norm[start:stop, None] + sq_norm[None, start + 1:] - 2 * x[start:stop] @ x[start + 1:].T).clamp_min(0)
         upper = torch.arange(n - start - 1)[None, :] >= torch.arange(stop - start)[:, None]
         parts.append(torch.logsumexp(-t * sq[upper], 0))
-    return float(torch.logsumexp(torch.stack(parts), 0) - math.log(n * (n - 1) / 2))
+    return torch.logsumexp(torch.stack(parts), 0) if parts else torch.tensor(float("-inf"), dtype=torch.float64)
 
 
 def embedding_metrics(image_features: torch.Tensor, text_features: torch.Tensor,

@@ -128,6 +128,33 @@ def retrieval_pvalues(image_features: torch.Tensor, text_features: torch.Tensor,
     Returns:
         ``{"i2t_R@K": p, "t2i_R@K": p, ..., "n_permutations": n, "null_i2t_R@K": mean null, ...}``.
     """
+    observed, draws = permutation_draws(image_features, text_features, texts, ks, n_permutations, seed, max_work)
+    return pvalues_from_draws(observed, draws, ks)
+
+
+@torch.no_grad()
+def permutation_draws(image_features: torch.Tensor, text_features: torch.Tensor, texts: Sequence[str],
+                      ks: Sequence[int] = (1, 5, 10), n_permutations: int = 1000, seed: int = 0,
+                      max_work: float = 4e8, part: tuple[int, int] = (0, 1)) -> tuple[torch.Tensor, torch.Tensor]:
+    """Observed Recall@K and the Recall@K of shuffled pairings (:func:`retrieval_pvalues`'s null draws).
+
+    Every caller draws the same permutations from ``seed``; ``part=(r, w)`` scores only permutations
+    ``r, r + w, r + 2w, ...``, so ``w`` processes each take a share and the shares, interleaved back into
+    permutation order, are the draws of one process.
+
+    Args:
+        image_features: ``(N, D)`` normalised image embeddings, row ``i`` paired with report ``i``.
+        text_features: ``(N, D)`` normalised report embeddings.
+        texts: the ``N`` reports (identical texts count as hits for each other).
+        ks: the K of Recall@K.
+        n_permutations: shuffled pairings drawn (fewer for large N, see ``max_work``).
+        seed: permutation seed.
+        max_work: caps ``n_permutations * N**2``.
+        part: ``(index, parts)`` of the share of permutations to score.
+
+    Returns:
+        ``(observed (2, K), draws (P_part, 2, K))``: rows ``i2t``, ``t2i`` per draw.
+    """
     n = int(image_features.shape[0])
     labels = _group_ids(texts)
     n_groups = int(labels.max()) + 1
@@ -138,18 +165,34 @@ def retrieval_pvalues(image_features: torch.Tensor, text_features: torch.Tensor,
     rng = np.random.default_rng(seed)
     kt = torch.tensor(list(ks))
 
-    def stats(image_labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def stats(image_labels: np.ndarray) -> torch.Tensor:
         i2t = i2t_by_group[torch.arange(n), torch.as_tensor(image_labels)]
         t2i = _best_rank_per_group(t2i_ranks, image_labels, n_groups)[torch.arange(n), torch.as_tensor(labels)]
-        return ((i2t[:, None] <= kt).float().mean(0), (t2i[:, None] <= kt).float().mean(0))
+        return torch.stack([(i2t[:, None] <= kt).float().mean(0), (t2i[:, None] <= kt).float().mean(0)])
 
-    observed = stats(labels)
-    null = [stats(labels[rng.permutation(n)]) for _ in range(n_perm)]
+    index, parts = part
+    null = []
+    for p in range(n_perm):
+        perm = rng.permutation(n)  # every part draws every permutation: one stream, whatever the split
+        if p % parts == index:
+            null.append(stats(labels[perm]))
+    return stats(labels), torch.stack(null) if null else torch.zeros(0, 2, len(kt))
+
+
+def pvalues_from_draws(observed: torch.Tensor, draws: torch.Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    """:func:`retrieval_pvalues`'s result from :func:`permutation_draws` (all ``P`` draws, in permutation order).
+
+    Args:
+        observed: ``(2, K)`` observed image->text and text->image Recall@K.
+        draws: ``(P, 2, K)`` the same under shuffled pairings.
+        ks: the K of Recall@K.
+    """
+    n_perm = int(draws.shape[0])
     out: dict[str, float] = {"n_permutations": n_perm}
     for d, name in enumerate(("i2t", "t2i")):
-        draws = torch.stack([s[d] for s in null])  # (P, K)
-        exceed = (draws >= observed[d] - 1e-12).sum(0)
+        null = draws[:, d].contiguous()  # (P, K)
+        exceed = (null >= observed[d] - 1e-12).sum(0)
         for j, k in enumerate(ks):
             out[f"{name}_R@{k}"] = float((1 + exceed[j]) / (1 + n_perm))
-            out[f"null_{name}_R@{k}"] = float(draws[:, j].mean())
+            out[f"null_{name}_R@{k}"] = float(null[:, j].mean())
     return out
