@@ -143,13 +143,7 @@ def permutation_draws(image_features: torch.Tensor, text_features: torch.Tensor,
     permutation order, are the draws of one process.
 
     Args:
-        image_features: ``(N, D)`` normalised image embeddings, row ``i`` paired with report ``i``.
-        text_features: ``(N, D)`` normalised report embeddings.
-        texts: the ``N`` reports (identical texts count as hits for each other).
-        ks: the K of Recall@K.
-        n_permutations: shuffled pairings drawn (fewer for large N, see ``max_work``).
-        seed: permutation seed.
-        max_work: caps ``n_permutations * N**2``.
+        image_features, text_features, texts, ks, n_permutations, seed, max_work: as :func:`retrieval_pvalues`.
         part: ``(index, parts)`` of the share of permutations to score.
 
     Returns:
