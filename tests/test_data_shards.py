@@ -143,6 +143,32 @@ def test_recipe_trains_from_shards(sharded, tmp_path):
     assert result["step"] == 2 and torch.isfinite(torch.tensor(result["last_loss"]))
 
 
+def test_build_source_gives_csv_and_shards_one_interface_and_a_capped_validation(sharded, tmp_path):
+    import medclip
+    from medclip.data.source import CsvSource, build_source
+    from medclip.train.config import recipe_from_dict
+
+    def rel(path):
+        return os.path.relpath(path, sharded / "prep") if os.path.isabs(path) else path
+
+    sources, seen = {}, {}
+    for kind in ("csv", "shards"):
+        spec = demo_recipe_dict(sharded / "prep", batch_size=4, val_max_pairs=5)
+        spec["data"].update(augment=False, sections=["findings", "impression"])
+        if kind == "shards":
+            spec["data"]["shards"] = str(sharded / "shards" / "{000000..000005}.tar")
+        source = sources[kind] = build_source(recipe_from_dict(spec), medclip.get_model_config("tiny-vit"),
+                                              medclip.get_tokenizer("tiny-vit"), out_dir=tmp_path / kind)
+        assert len(source) == 40 and len(source.batches) == 10 and len(source.val.dataset) == 5  # 5 of 8 val rows
+        whole = [[rel(p) for p in b["path"]] for b in source.epoch_loader(1)]
+        resumed = [[rel(p) for p in b["path"]] for b in source.epoch_loader(1, start=7)]
+        assert resumed == whole[7:] and (source.batches.epoch, source.batches.start) == (1, 7)  # the epoch hook
+        seen[kind] = Counter(p for b in whole for p in b)
+    assert isinstance(sources["csv"], CsvSource) and isinstance(sources["shards"], ShardSource)
+    assert seen["csv"] == seen["shards"] and len(seen["csv"]) == 40
+    assert sources["csv"].val.dataset.paths == sources["shards"].val.dataset.paths  # the same fixed subset
+
+
 @pytest.mark.slow  # ~40 s: two torchrun processes import torch
 def test_two_process_gloo_run_from_shards_sees_the_csv_multiset(sharded, tmp_path):
     proc = torchrun([str(HERE / "shards_ddp_worker.py"), str(sharded), str(tmp_path)])

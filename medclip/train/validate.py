@@ -55,7 +55,7 @@ def validate(model, loader, device: torch.device, autocast, loss_fn, batch_size:
 
 def _gather(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Every process's rows of ``t`` in rank order, through ``device`` (NCCL gathers CUDA tensors only)."""
-    return gather_rows(t.to(device)).cpu()
+    return gather_rows(t.to(device)).cpu() if rank_and_world()[1] > 1 else t
 
 
 def _geometry(img: torch.Tensor, txt: torch.Tensor, reports: list[str], device: torch.device) -> dict:
