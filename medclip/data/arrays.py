@@ -12,6 +12,8 @@ Rules (a one-line :class:`~medclip.errors.DataError` otherwise):
 from __future__ import annotations
 
 import numpy as np
+import torch
+from PIL import Image
 
 from ..errors import DataError
 
@@ -20,21 +22,11 @@ _SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 
 def is_in_memory(image) -> bool:
     """True for a PIL image, a NumPy array or a torch tensor (not a path)."""
-    import torch
-
-    if isinstance(image, (np.ndarray, torch.Tensor)):
-        return True
-    try:
-        from PIL import Image
-    except ImportError:  # pragma: no cover - pillow is a dependency
-        return False
-    return isinstance(image, Image.Image)
+    return isinstance(image, (np.ndarray, torch.Tensor, Image.Image))
 
 
 def image_to_array(image) -> np.ndarray:
     """``(H, W)`` or ``(H, W, 3)`` float32 in [0, 1] from an in-memory image (see the module rules)."""
-    import torch
-
     if isinstance(image, torch.Tensor):
         arr = image.detach().cpu().numpy()
         if arr.ndim == 3 and arr.shape[0] in (1, 3):
@@ -70,8 +62,6 @@ def _to_unit(arr: np.ndarray) -> np.ndarray:
 def source_dtype(image):
     """The integer type a file-based pipeline would store this image's resized pixels in (None for floats):
     8-bit sources ``uint8``, 16-bit ``uint16`` — so a path and its in-memory pixels give the same tensor."""
-    import torch
-
     if isinstance(image, torch.Tensor):
         return {torch.uint8: np.uint8}.get(image.dtype)
     if isinstance(image, np.ndarray):

@@ -16,10 +16,11 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..errors import DataError
+from ..errors import DataError, MedclipError
+from ..loss import text_id
 from .config import DataConfig
 from .csvsafe import write_csv
-from .manifest import check_manifest, load_manifest, splits_manifest, write_quarantine
+from .manifest import check_manifest, image_reason, load_manifest, splits_manifest, write_quarantine
 from .splits import carve_validation, given_splits, split_leak_free
 from .transforms import build_image_transform
 
@@ -45,8 +46,6 @@ class ImageReportDataset(Dataset):
             raise DataError(f"dataset rows lack column(s) {', '.join(missing)}")
         column = "text" if "text" in self.df.columns else "report"
         self.texts = self.df[column].fillna("").astype(str).tolist()
-        from ..loss import text_id
-
         self.text_ids = [text_id(t) for t in self.texts]  # identical reports share an id (masked in the loss)
         self.paths = self.df["image"].astype(str).tolist()
         self.patients = self.df["patient_id"].astype(str).tolist() if "patient_id" in self.df else [""] * len(df)
@@ -72,9 +71,6 @@ class ImageReportDataset(Dataset):
     def _first_readable(self, index: int):
         """``(index, image)`` of this row, or of the next readable one when its image fails mid-run (only
         possible with ``data.verify_images: false``): logged with the file and the reason, never an abort."""
-        from ..errors import MedclipError
-        from .manifest import image_reason
-
         for step in range(len(self.paths)):
             i = (index + step) % len(self.paths)
             try:

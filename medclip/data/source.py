@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
+from ..loss import text_id
 from .sampling import SeededSamples, ShardedBatchSampler, mixed_seed
 from .stored import STORED_DTYPES, dequantize
 from .transforms import _one_thread as one_thread
@@ -142,8 +143,6 @@ class ShardStream(torch.utils.data.IterableDataset):
         with torch.random.fork_rng(devices=[]):  # augmentation seeded by (seed, epoch, row): as the CSV path
             torch.manual_seed(_seed(self.info["seed"], self.info["epoch"], meta["line"]))
             image = self.transform.finish(dequantize(stored))
-        from ..loss import text_id
-
         text = raw["txt"].decode("utf-8")
         item = {"image": image, "text": self.tokenizer([text])[0], "text_id": text_id(text),
                 "patient_id": meta["patient_id"], "path": meta["image"]}

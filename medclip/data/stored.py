@@ -11,17 +11,17 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import pydicom
+from PIL import Image
+
+from .dicom import is_dicom, quiet_pydicom
 
 STORED_DTYPES = (np.uint8, np.uint16)
 
 
 def stored_dtype(path: str | os.PathLike) -> type:
     """``np.uint16`` when the source has more than 8 bits per sample, else ``np.uint8`` (header read only)."""
-    from .dicom import is_dicom, quiet_pydicom
-
     if is_dicom(path):
-        import pydicom
-
         try:
             with quiet_pydicom():  # pydicom's messages about a damaged header can quote patient names
                 ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["BitsStored"])
@@ -30,8 +30,6 @@ def stored_dtype(path: str | os.PathLike) -> type:
             bits = 16
         return np.uint16 if bits > 8 else np.uint8
     try:
-        from PIL import Image
-
         with Image.open(path) as image:
             mode = image.mode
     except Exception:  # noqa: BLE001 - not an image Pillow knows: decoding reports it

@@ -39,6 +39,7 @@ from monai.transforms import (
     Resized,
     SpatialPadd,
 )
+from torchvision.transforms.v2.functional import InterpolationMode, rotate
 
 from ..errors import DataError, MedclipError
 from .arrays import image_to_array, is_in_memory, source_dtype
@@ -134,8 +135,6 @@ class RandRotateSmalld(RandomizableTransform, MapTransform):
         self.angle = float(self.R.uniform(-self.max_degrees, self.max_degrees))
 
     def __call__(self, data: dict) -> dict:
-        from torchvision.transforms.v2.functional import InterpolationMode, rotate
-
         self.randomize()
         d = dict(data)
         if self._do_transform:

@@ -16,6 +16,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import yaml
 
 from ..errors import MedclipError
@@ -308,8 +309,6 @@ def _diverged(what: str, run_dir: Path) -> str:
 
 def _any_rank(flag: bool, device) -> bool:
     """True when ``flag`` is true on any process (so all stop together)."""
-    import torch.distributed as dist
-
     if not (dist.is_available() and dist.is_initialized()):
         return flag
     t = torch.tensor(float(flag), device=device)
