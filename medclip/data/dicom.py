@@ -16,11 +16,13 @@ import contextlib
 import logging
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import DataError
+from .area import stored_frame, table_area_mean
 from .guard import (
     ImageLimits,
     captured_pydicom,
@@ -41,6 +43,7 @@ PHI_TAGS = (
 )
 DICOM_EXTRA_HINT = "pip install 'medclip[dicom]' (pylibjpeg + pylibjpeg-libjpeg/openjpeg)"
 PERCENTILES = (0.5, 99.5)
+DEFER_BYTES = 1 << 20  # read_image_resized leaves larger pixel data in the file until it knows how to read it
 
 
 def is_dicom(path: str | os.PathLike) -> bool:
@@ -70,16 +73,47 @@ def read_image(path: str | os.PathLike, window_index: int = 0, frame: int = 0,
         DataError: one line naming the file and what is wrong with it (missing, empty, not an image,
             truncated, over the pixel budget, compressed without a decoder, NaN pixels, ...).
     """
-    path = str(path)
+    return _read(str(path), window_index, frame, limits or resolve_limits(), None)[0]
+
+
+def read_image_resized(path: str | os.PathLike, shape_for: Callable[[int, int], tuple[int, int]],
+                       window_index: int = 0, frame: int = 0,
+                       limits: ImageLimits | None = None) -> tuple[np.ndarray, bool]:
+    """:func:`read_image`, with a grayscale DICOM that has a stored window already area-resized.
+
+    Such a file comes back as ``torch.nn.functional.interpolate(read_image(path), shape_for(H, W),
+    mode="area")`` computed from the stored integers without the full-size float image (exact up to
+    float64 rounding, see :mod:`medclip.data.area`). Any other file comes back full size.
+
+    Args:
+        path: a DICOM, PNG or JPEG file.
+        shape_for: (H, W) of the file → (h, w) of the area resize.
+        window_index: DICOM only: which stored window / VOI LUT to apply.
+        frame: DICOM only: which frame of a multi-frame file.
+        limits: pixel budget and minimum side.
+
+    Returns:
+        tuple: the float image in [0, 1] and whether it is already resized to ``shape_for(H, W)``.
+
+    Raises:
+        DataError: as :func:`read_image`.
+    """
+    return _read(str(path), window_index, frame, limits or resolve_limits(), shape_for)
+
+
+def _read(path: str, window_index: int, frame: int, limits: ImageLimits, shape_for) -> tuple[np.ndarray, bool]:
     if not os.path.exists(path):
         raise DataError(f"{path}: file not found")
     if os.path.isdir(path):
         raise DataError(f"{path}: is a folder, not an image file")
     if os.path.getsize(path) == 0:
         raise DataError(f"{path}: empty file (0 bytes)")
-    limits = limits or resolve_limits()
     try:
-        arr = read_dicom(path, window_index, frame, limits) if is_dicom(path) else read_raster(path, limits)
+        if is_dicom(path):
+            with captured_pydicom(path):
+                arr, resized = _read_dicom(path, window_index, frame, limits, shape_for)
+        else:
+            arr, resized = read_raster(path, limits), False
     except DataError:
         raise
     except MemoryError:
@@ -88,10 +122,15 @@ def read_image(path: str | os.PathLike, window_index: int = 0, frame: int = 0,
         raise DataError(f"{path}: cannot decode ({type(exc).__name__}: {_first_line(exc)})") from None
     if not np.isfinite(arr).all():
         raise DataError(f"{path}: image contains NaN or infinite pixel values")
-    if min(arr.shape[:2]) < limits.min_size:
-        raise DataError(f"{path}: image is {arr.shape[0]} x {arr.shape[1]} pixels, smaller than the minimum side "
+    if not resized:
+        _check_min_side(path, arr.shape[:2], limits)
+    return arr.astype(np.float32, copy=False), resized
+
+
+def _check_min_side(path: str, shape: tuple[int, ...], limits: ImageLimits) -> None:
+    if min(shape) < limits.min_size:
+        raise DataError(f"{path}: image is {shape[0]} x {shape[1]} pixels, smaller than the minimum side "
                         f"of {limits.min_size} (data.min_size / MEDCLIP_MIN_IMAGE_SIZE)")
-    return arr.astype(np.float32, copy=False)
 
 
 def read_raster(path: str, limits: ImageLimits | None = None) -> np.ndarray:
@@ -130,21 +169,40 @@ def _raster_to_float(im) -> np.ndarray:
     return np.asarray(im.convert("RGB"), dtype=np.float64) / 255.0
 
 
-def read_dicom(path: str, window_index: int = 0, frame: int = 0, limits: ImageLimits | None = None) -> np.ndarray:
-    """One frame of a DICOM file through pydicom's display pipeline → float in [0, 1].
+def _read_dicom(path: str, window_index: int, frame: int, limits: ImageLimits,
+                shape_for) -> tuple[np.ndarray, bool]:
+    deferred = shape_for is not None and os.path.getsize(path) > DEFER_BYTES
+    ds = _open_dicom(path, limits, deferred)
+    if deferred:  # large plain file: pixels read straight into the area sums, else read again in full
+        small = _stored_area(ds, path, frame, window_index, shape_for, limits)
+        if small is not None:
+            return small, True
+        ds = _open_dicom(path, limits, False)
+    arr = _decode_frame(ds, path, frame)
+    try:
+        photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+        if photometric == "PALETTE COLOR" or arr.ndim == 3:
+            return _colour_to_unit(ds, arr, photometric, path), False
+        if shape_for is not None:
+            _check_min_side(path, arr.shape, limits)
+            small = _area_resized(ds, arr, photometric, window_index, shape_for)
+            if small is not None:
+                return small, True
+        return _grayscale_to_unit(ds, arr, photometric, window_index), False
+    except DataError:
+        raise
+    except Exception as exc:  # e.g. RescaleSlope='' (TypeError), RescaleIntercept='abc' (UFuncTypeError)
+        raise DataError(f"{path}: display tags (rescale, window, LUT) cannot be applied "
+                        f"({type(exc).__name__}: {_first_line(exc)})") from None
 
-    pydicom's warnings and log messages are captured and re-logged without the values they quote.
-    """
-    with captured_pydicom(path):
-        return _read_dicom(path, window_index, frame, limits or resolve_limits())
 
-
-def _read_dicom(path: str, window_index: int, frame: int, limits: ImageLimits) -> np.ndarray:
+def _open_dicom(path: str, limits: ImageLimits, deferred: bool):
+    """The dataset (pixel data left in the file when ``deferred``), its size checked before any pixel is decoded."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
-        ds = pydicom.dcmread(path)
+        ds = pydicom.dcmread(path, defer_size=DEFER_BYTES if deferred else None)
     except InvalidDicomError:
         raise DataError(f"{path}: not a DICOM file (no DICM preamble); convert it or fix the path") from None
     except Exception as exc:  # pydicom raises many types on damaged headers
@@ -152,17 +210,39 @@ def _read_dicom(path: str, window_index: int, frame: int, limits: ImageLimits) -
     if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise DataError(f"{path}: DICOM has no pixel data (no PixelData element: truncated, or not an image object)")
     check_dicom_budget(ds, path, limits)
-    arr = _decode_frame(ds, path, frame)
+    return ds
+
+
+def _stored_area(ds, path: str, frame: int, window_index: int, shape_for, limits: ImageLimits) -> np.ndarray | None:
+    """The area-resized image of a plain (uncompressed, unsigned, grayscale) DICOM read straight from its
+    stored values (:func:`~medclip.data.area.stored_frame`); None for any other file, or one with bits set
+    above ``BitsStored`` or tags the chain rejects (the full path decodes it and reports what is wrong)."""
+    photometric = str(ds.get("PhotometricInterpretation", "")).upper()
+    arr = stored_frame(ds, path, frame) if photometric in ("MONOCHROME1", "MONOCHROME2") else None
+    if arr is None:
+        return None
+    _check_min_side(path, arr.shape, limits)
     try:
-        photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-        if photometric == "PALETTE COLOR" or arr.ndim == 3:
-            return _colour_to_unit(ds, arr, photometric, path)
-        return _grayscale_to_unit(ds, arr, photometric, window_index)
-    except DataError:
-        raise
-    except Exception as exc:  # e.g. RescaleSlope='' (TypeError), RescaleIntercept='abc' (UFuncTypeError)
-        raise DataError(f"{path}: display tags (rescale, window, LUT) cannot be applied "
-                        f"({type(exc).__name__}: {_first_line(exc)})") from None
+        return _area_resized(ds, arr, photometric, window_index, shape_for, int(ds.BitsStored))
+    except Exception:  # noqa: BLE001 - bad display tags: the full path gives the file's one-line error
+        return None
+
+
+def _area_resized(ds, arr: np.ndarray, photometric: str, window_index: int, shape_for,
+                  bits: int | None = None) -> np.ndarray | None:
+    """The grayscale chain area-resized to ``shape_for(H, W)`` (:func:`~medclip.data.area.table_area_mean`);
+    None where that does not apply (float pixels, no stored window: percentiles need every pixel, upsampling,
+    a value of ``bits`` or more bits)."""
+    shape = shape_for(*arr.shape)
+    if arr.dtype.kind not in "ui" or not _has_voi(ds) or shape[0] > arr.shape[0] or shape[1] > arr.shape[1]:
+        return None
+    vmin, vmax = int(arr.min()), int(arr.max())
+    if vmax - vmin >= 1 << 20 or (bits is not None and vmax >= 1 << bits):
+        return None
+    table = _gray_chain(ds, np.arange(vmin, vmax + 1).astype(arr.dtype), photometric, window_index)
+    if table.dtype.kind != "f" or not np.isfinite(table).all():
+        return None  # the full-size path reports it
+    return table_area_mean(arr, table.astype(np.float64, copy=False), vmin, shape)
 
 
 def _decode_frame(ds, path: str, frame: int) -> np.ndarray:

@@ -3,8 +3,8 @@
 The chain has two halves:
 
 * **deterministic** (cached): :class:`LoadMedicalImaged` (DICOM/PNG/JPEG → [0, 1], see
-  :mod:`medclip.data.dicom`) → 1 or 3 channels → resize keeping the aspect ratio and zero-pad to a
-  square (CheXzero) or resize the short side and center-crop;
+  :mod:`medclip.data.dicom`, 1 or 3 channels, area resize keeping the aspect ratio) → zero-pad to a
+  square (CheXzero, the longest side resized) or center-crop (the shortest side resized);
 * **per call**: train-time augmentation (random resized crop, small rotation, contrast), then
   normalisation with the model's ``VisionConfig.mean/std``.
 
@@ -43,7 +43,7 @@ from torchvision.transforms.v2.functional import InterpolationMode, rotate
 
 from ..errors import DataError, MedclipError
 from .arrays import image_to_array, is_in_memory, source_dtype
-from .dicom import read_image
+from .dicom import read_image, read_image_resized
 from .guard import ImageLimits, resolve_limits
 from .stored import STORED_DTYPES, dequantize, quantize, stored_dtype
 
@@ -83,38 +83,43 @@ def to_channels(arr: np.ndarray, in_chans: int) -> np.ndarray:
 
 
 class LoadMedicalImaged(MapTransform):
-    """MONAI dict transform: replace the file path under ``keys`` by its (C, H, W) float image in [0, 1]."""
+    """MONAI dict transform: replace the file path under ``keys`` by its (C, H, W) float image in [0, 1],
+    area-resized (MONAI ``Resized(mode="area")``) so that the longest (``fit="longest"``) or the shortest
+    (``fit="shortest"``) side equals ``size``; ``size=None`` keeps the full size.
+
+    A grayscale DICOM with a stored window is resized from its stored integers without the full-size float
+    image (:func:`~medclip.data.dicom.read_image_resized`): the same values up to float rounding, ~10x faster.
+    """
 
     def __init__(self, keys, in_chans: int = 1, window_index: int = 0, frame: int = 0,
-                 limits: ImageLimits | None = None):
+                 limits: ImageLimits | None = None, size: int | None = None, fit: str = "longest"):
         super().__init__(keys)
         self.in_chans, self.window_index, self.frame = in_chans, window_index, frame
         self.limits = limits or resolve_limits()
+        self.size, self.fit = size, fit
+
+    def shape_for(self, h: int, w: int) -> tuple[int, int]:
+        """Output (h, w) of the resize: MONAI's ``size_mode="longest"`` rounding, or the short side to ``size``."""
+        if self.fit == "longest":
+            scale = self.size / max(h, w)
+            return int(round(h * scale)), int(round(w * scale))
+        scale = self.size / min(h, w)
+        return max(self.size, round(h * scale)), max(self.size, round(w * scale))
 
     def __call__(self, data: dict) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
+            resized = False
             if is_in_memory(d[key]):  # a PIL image, array or tensor (see medclip.data.arrays)
-                d[key] = to_channels(image_to_array(d[key]), self.in_chans)
+                arr = image_to_array(d[key])
+            elif self.size is None:
+                arr = read_image(d[key], self.window_index, self.frame, self.limits)
             else:
-                d[key] = to_channels(read_image(d[key], self.window_index, self.frame, self.limits), self.in_chans)
-        return d
-
-
-class ResizeShortestd(MapTransform):
-    """MONAI dict transform: resize so that the shorter side equals ``size`` (keeps the aspect ratio)."""
-
-    def __init__(self, keys, size: int, mode: str = "area"):
-        super().__init__(keys)
-        self.size, self.mode = size, mode
-
-    def __call__(self, data: dict) -> dict:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            h, w = d[key].shape[-2:]
-            scale = self.size / min(h, w)
-            shape = (max(self.size, round(h * scale)), max(self.size, round(w * scale)))
-            d[key] = Resized(key, spatial_size=shape, mode=self.mode)({key: d[key]})[key]
+                arr, resized = read_image_resized(d[key], self.shape_for, self.window_index, self.frame, self.limits)
+            d[key] = to_channels(arr, self.in_chans)
+            if self.size is not None and not resized:
+                shape = self.shape_for(*d[key].shape[-2:])
+                d[key] = Resized(key, spatial_size=shape, mode="area")({key: d[key]})[key]
         return d
 
 
@@ -273,15 +278,14 @@ def build_image_transform(vision_config, train: bool = False, resize: str = "pad
     """
     size, chans = int(vision_config.image_size), int(vision_config.in_chans)
     if resize == "pad":
-        geometry = [Resized("image", spatial_size=size, size_mode="longest", mode="area"),
-                    SpatialPadd("image", spatial_size=(size, size), mode="constant")]
+        fit, geometry = "longest", SpatialPadd("image", spatial_size=(size, size), mode="constant")
     elif resize == "crop":
-        geometry = [ResizeShortestd("image", size), CenterSpatialCropd("image", roi_size=(size, size))]
+        fit, geometry = "shortest", CenterSpatialCropd("image", roi_size=(size, size))
     else:
         from ..errors import ConfigError
 
         raise ConfigError(f"resize must be 'pad' or 'crop', got '{resize}'")
-    deterministic = Compose([LoadMedicalImaged("image", chans, window_index, frame, limits), *geometry])
+    deterministic = Compose([LoadMedicalImaged("image", chans, window_index, frame, limits, size, fit), geometry])
     random = None
     if train and augment:
         random = Compose([
