@@ -9,9 +9,10 @@ have (SigLIP: a learnable bias).
 over the ``N × N`` similarity matrix scaled by ``logit_scale``; pair ``i`` is the positive of row ``i``.
 
 ``tiled_clip_loss`` computes exactly the same value and gradients without ever holding the ``N × N``
-matrix: it walks over blocks of image rows, keeps the row log-sum-exps and an online (running max +
-rescaled sum) log-sum-exp per column, and recomputes each block in backward (:class:`TiledInfoNCE`).
-Extra memory is ``O(N·d + block·N)`` instead of ``O(N²)``.
+matrix (:class:`TiledInfoNCE`): pass 1 walks over blocks of image rows and keeps the row log-sum-exps and
+an online (running max + rescaled sum) log-sum-exp per column; pass 2 rebuilds each block once and turns
+it into both feature gradients, in forward, so backward only rescales them. Four ``N × N × d`` matmuls
+(open_clip's dense ``ClipLoss``: six) and extra memory ``O(N·d + block·N)`` instead of ``O(N²)``.
 
 ``siglip_loss`` is SigLIP's pairwise sigmoid loss ``Σ_ij softplus(−z_ij (s·I_i·T_j + b)) / N`` (``z`` = +1 on
 the diagonal, −1 elsewhere), streamed the same way (:class:`TiledSigLIP`): row blocks of the logits are
@@ -91,55 +92,108 @@ def _blocks(n: int, block: int | None):
     return [(start, min(start + block, n)) for start in range(0, n, block)]
 
 
-class TiledInfoNCE(torch.autograd.Function):
-    """Symmetric InfoNCE, streamed over row blocks; exact forward and backward (at least fp32 inside).
+# One exp per block serves both softmaxes while the shifts involved lie within this spread of each other, well
+# inside exp's range (fp32 underflows below e^-87, fp64 below e^-708): every term that can change a sum is
+# then a normal float; past it the passes take the two-exp branch, exact for any spread.
+_EXP_SPREAD = {torch.float32: 40.0, torch.float64: 300.0}
 
-    With ``S = s · I Tᵀ``, the loss is ``(Σ_i lse_j S_ij + Σ_j lse_i S_ij) / 2N − s Σ_i I_i·T_i / N``, and
-    ``∂L/∂S = (softmax_rows(S) + softmax_cols(S)) / 2N − I/N``; backward rebuilds ``S`` block by block
-    from the saved features and the row/column log-sum-exps.
+
+class TiledInfoNCE(torch.autograd.Function):
+    """Symmetric InfoNCE, streamed over row blocks; exact loss and gradients (at least fp32 inside).
+
+    With ``S = s · I Tᵀ`` (``s`` folded into ``I``), the loss is
+    ``(Σ_i r_i + Σ_j c_j) / 2N − s Σ_i I_i·T_i / N`` with the row and column log-sum-exps ``r``, ``c``, and
+    ``∂L/∂S = (softmax_rows(S) + softmax_cols(S)) / 2N − Id / N``. The column log-sum-exps need every row,
+    so there are two passes over the row blocks: pass 1 (:func:`_lse_pass`) computes ``r`` and ``c`` (one
+    matmul per block), pass 2 (:func:`_grad_pass`) rebuilds each block once and turns it into both feature
+    gradients (three matmuls per block). The loss is a scalar, so the gradients are computed here, in
+    forward, and backward only multiplies them by the incoming gradient: four ``N × N × d`` matmuls in all
+    (open_clip's dense loss does six) and never an ``N × N`` buffer.
     """
 
     @staticmethod
-    def forward(ctx, image_features, text_features, logit_scale, block, text_ids=None):
+    def forward(ctx, image_features, text_features, logit_scale, block, text_ids, need_grad):
         dtype = torch.promote_types(image_features.dtype, torch.float32)  # fp32 (or fp64) inside
         img, txt, scale = image_features.to(dtype), text_features.to(dtype), logit_scale.to(dtype)
         n = img.shape[0]
-        row_lse = img.new_empty(n)
-        col_max = img.new_full((n,), float("-inf"))
-        col_sum = img.new_zeros(n)
-        scaled = img * scale  # the scale folded into the (N, d) side: no (b, N) multiply
-        for start, end in _blocks(n, block):
-            sims = scaled[start:end] @ txt.T  # (b, N), the only O(b·N) buffers
-            _mask_(sims, text_ids, start, end)
-            row_lse[start:end] = torch.logsumexp(sims, dim=1)
-            new_max = torch.maximum(col_max, sims.amax(dim=0))
-            col_sum = col_sum * torch.exp(col_max - new_max) + sims.sub_(new_max).exp_().sum(dim=0)
-            col_max = new_max
-        col_lse = col_max + col_sum.log()
-        positives = (img * txt).sum()
+        blocks = _blocks(n, block)
+        buffers = img.new_empty(2, blocks[0][1], n)  # two (block × N) buffers, reused by every block
+        # S_ij − a_i = [s·I_i, −a_i] · [T_j, 1]: the scale and a per-row shift folded into the (N, d + 1)
+        # operands, so the matmul itself returns the shifted block (a = 0 in pass 1, a = r in pass 2)
+        lhs = torch.cat([img * scale, img.new_zeros(n, 1)], dim=1)
+        rhs = torch.cat([txt, img.new_ones(n, 1)], dim=1)
+        row_lse, col_lse = _lse_pass(lhs, rhs, blocks, text_ids, buffers)
+        positives = torch.dot(img.reshape(-1), txt.reshape(-1))
         loss = (row_lse.sum() + col_lse.sum()) / (2 * n) - scale * positives / n
-        ctx.save_for_backward(img, txt, scale, row_lse, col_lse)
-        ctx.block, ctx.positives, ctx.text_ids = block, positives, text_ids
+        if need_grad:
+            # P T and Pᵀ I with P = 2N · ∂L/∂S without the −Id/N diagonal (added below)
+            grad_img, grad_txt = _grad_pass(lhs, rhs, img, txt, (row_lse, col_lse), blocks, text_ids, buffers)
+            # Σ_ij P_ij (I_i·T_j) = Σ_i (P T)_i · I_i: the scale's gradient without another (b, N) pass
+            grad_scale = torch.dot(grad_img.reshape(-1), img.reshape(-1)) / (2 * n) - positives / n
+            grad_img = grad_img.div_(2 * n).sub_(txt, alpha=1 / n).mul_(scale)
+            grad_txt = grad_txt.div_(2 * n).sub_(img, alpha=1 / n).mul_(scale)
+            ctx.save_for_backward(grad_img, grad_txt, grad_scale)
         ctx.dtypes = (image_features.dtype, text_features.dtype, logit_scale.dtype)
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
-        img, txt, scale, row_lse, col_lse = ctx.saved_tensors
-        n = img.shape[0]
-        grad_img, grad_txt = torch.empty_like(img), torch.zeros_like(txt)
-        scaled = img * scale
-        for start, end in _blocks(n, ctx.block):
-            sims = _mask_(scaled[start:end] @ txt.T, ctx.text_ids, start, end)  # masked pairs: probability 0
-            probs = torch.sub(sims, row_lse[start:end, None]).exp_().add_(sims.sub_(col_lse[None, :]).exp_())
-            grad_img[start:end] = probs @ txt  # 2N · ∂L/∂S without the −I/N diagonal (added below)
-            grad_txt.addmm_(probs.T, img[start:end])
-        # Σ_ij P_ij (I_i·T_j) = Σ_i (P T)_i · I_i: the scale's gradient without another (b, N) pass
-        grad_scale = ((grad_img * img).sum() / (2 * n) - ctx.positives / n) * grad_loss
-        grad_img = (grad_img / (2 * n) - txt / n) * (scale * grad_loss)
-        grad_txt = (grad_txt / (2 * n) - img / n) * (scale * grad_loss)
-        dtype_i, dtype_t, dtype_s = ctx.dtypes
-        return grad_img.to(dtype_i), grad_txt.to(dtype_t), grad_scale.to(dtype_s), None, None
+        grads = [g * grad_loss for g in ctx.saved_tensors]
+        return (*(g.to(dt) for g, dt in zip(grads, ctx.dtypes)), None, None, None)
+
+
+def _lse_pass(lhs, rhs, blocks, text_ids, buffers):
+    """Pass 1: row log-sum-exps ``r`` (each block holds whole rows) and column log-sum-exps ``c`` (online:
+    a running column max and a sum rescaled whenever the max grows), one matmul per block."""
+    n = rhs.shape[0]
+    row_lse = rhs.new_empty(n)
+    col_max = rhs.new_full((n,), float("-inf"))
+    col_sum = rhs.new_zeros(n)
+    spread = _EXP_SPREAD[rhs.dtype]
+    for start, end in blocks:
+        sims = _mask_(torch.mm(lhs[start:end], rhs.T, out=buffers[0, : end - start]), text_ids, start, end)
+        row_max = sims.amax(dim=1)
+        # a column masked in every row of the block has max −inf: clamp it so that −inf − max stays −inf
+        blk_max = sims.amax(dim=0).clamp_min_(torch.finfo(sims.dtype).min)
+        top = row_max.max()
+        if top - blk_max.min() < spread:
+            # one exp for both: E_ij = exp(S_ij − m_i) gives the row sums, and the column sums shifted by the
+            # block's column max M_j are Σ_i E_ij · exp(m_i − top) · exp(top − M_j) (a vector-matrix product)
+            exps = sims.sub_(row_max[:, None]).exp_()
+            row_sum = exps.sum(dim=1)
+            blk_sum = torch.mv(exps.T, (row_max - top).exp_()).mul_((top - blk_max).exp_())
+        else:  # maxima too far apart for that factorisation: two exps
+            blk_sum = torch.sub(sims, blk_max, out=buffers[1, : end - start]).exp_().sum(dim=0)
+            row_sum = sims.sub_(row_max[:, None]).exp_().sum(dim=1)
+        row_lse[start:end] = row_max + row_sum.log_()
+        new_max = torch.maximum(col_max, blk_max)
+        col_sum = col_sum.mul_((col_max - new_max).exp_()).add_(blk_sum.mul_((blk_max - new_max).exp_()))
+        col_max = new_max
+    return row_lse, col_max + col_sum.log()
+
+
+def _grad_pass(lhs, rhs, img, txt, lse, blocks, text_ids, buffers):
+    """Pass 2: ``P = softmax_rows(S) + softmax_cols(S)`` block by block from the log-sum-exps, and the
+    unscaled feature gradients ``P T`` (rows of the block) and ``Pᵀ I`` (accumulated)."""
+    row_lse, col_lse = lse
+    top, spread = row_lse.max(), _EXP_SPREAD[rhs.dtype]
+    # one exp per block: softmax_cols = exp(S_ij − c_j) = softmax_rows ⊙ exp(r_i − c_j), and exp(r_i − c_j) =
+    # u_i v_j is an outer product, while r and c lie close enough for u, v (and that product) to stay in range
+    one_exp = bool(top - col_lse.min() < spread and col_lse.max() - row_lse.min() < spread)
+    lhs[:, -1] = -row_lse if one_exp else 0  # the matmul returns S − r (one exp) or S
+    u, v = (row_lse - top).exp(), (top - col_lse).exp()
+    grad_img, grad_txt = torch.empty_like(img), torch.zeros_like(txt)
+    for start, end in blocks:
+        sims = _mask_(torch.mm(lhs[start:end], rhs.T, out=buffers[0, : end - start]), text_ids, start, end)
+        other = buffers[1, : end - start]
+        if one_exp:  # masked pairs: exp(−inf) = 0 in both terms
+            probs = sims.exp_()
+            probs.addcmul_(probs, torch.outer(u[start:end], v, out=other))
+        else:
+            probs = torch.sub(sims, col_lse, out=other).exp_().add_(sims.sub_(row_lse[start:end, None]).exp_())
+        torch.mm(probs, txt, out=grad_img[start:end])
+        grad_txt.addmm_(probs.T, img[start:end])
+    return grad_img, grad_txt
 
 
 def _mask_(sims: torch.Tensor, text_ids, start: int, end: int) -> torch.Tensor:
@@ -167,8 +221,9 @@ def tiled_clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, l
     """
     _check_pair(image_features, text_features)
     logit_scale = _scalar(logit_scale, image_features)
+    need_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (image_features, text_features, logit_scale))
     with torch.autocast(image_features.device.type, enabled=False):  # the Function keeps its own precision
-        return TiledInfoNCE.apply(image_features, text_features, logit_scale, block, text_ids)
+        return TiledInfoNCE.apply(image_features, text_features, logit_scale, block, text_ids, need_grad)
 
 
 def _scalar(value, like: torch.Tensor) -> torch.Tensor:

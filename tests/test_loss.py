@@ -200,3 +200,32 @@ def test_training_step_masks_identical_reports():
         out = core(batch["image"], batch["text"])
         masked, unmasked = clip_loss(**out, text_ids=batch["text_id"]), clip_loss(**out)
     assert abs(loss - float(masked)) < 1e-5 and abs(float(masked) - float(unmasked)) > 1e-4
+
+
+@pytest.mark.parametrize("block", [2, 3, None])
+def test_identical_reports_filling_a_block_column_stay_exact(block):
+    # rows 0-3 share one report: with blocks of 2 or 3 rows, columns 2-3 (or 3) are masked in every row of the
+    # first block, so that block has no entry at all in those columns (the online column max starts at −inf)
+    img, txt, scale = _features(11, 6, seed=3)
+    ids = torch.tensor([0, 0, 0, 0, 1, 2, 3, 4, 5, 1, 6])
+    ref = _loss_and_grads(lambda *a: _masked_reference(*a, ids.tolist()), img, txt, scale)
+    tiled = _loss_and_grads(tiled_clip_loss, img, txt, scale, text_ids=ids, block=block)
+    for a, b in zip(ref, tiled):
+        assert torch.isfinite(b).all()
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype,scale,tol", [(torch.float64, 400.0, 1e-10), (torch.float32, 100.0, 1e-5)])
+def test_tiled_far_apart_logsumexps_equal_dense(dtype, scale, tol):
+    # images near one direction, half the texts near it and half opposite: row and column log-sum-exps lie
+    # ~2·scale apart, beyond the range where one exp serves both (the two-exp branches of both passes)
+    g = torch.Generator().manual_seed(4)
+    axis = F.one_hot(torch.tensor(0), 8).double()
+    img = F.normalize(axis + 0.3 * torch.randn(40, 8, generator=g, dtype=torch.float64), dim=1)
+    sign = torch.tensor([1.0, -1.0]).repeat(20)[:, None]
+    txt = F.normalize(sign * axis + 0.3 * torch.randn(40, 8, generator=g, dtype=torch.float64), dim=1)
+    inputs = [t.to(dtype).requires_grad_() for t in (img, txt, torch.tensor(scale, dtype=torch.float64))]
+    exact = _loss_and_grads(clip_loss, *[t.detach().double().requires_grad_() for t in inputs])
+    tiled = _loss_and_grads(tiled_clip_loss, *inputs, block=7)
+    for a, b in zip(exact, tiled):
+        torch.testing.assert_close(b.double(), a, rtol=tol, atol=tol * a.abs().max().item())
