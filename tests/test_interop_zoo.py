@@ -206,3 +206,23 @@ def test_zoo_errors_are_one_line(tmp_path):
     _write_hub(tmp_path / "hub2", reference, cfg)
     with pytest.raises((CheckpointError, ConfigError), match="hub2"):
         load_model(str(tmp_path / "hub2"))
+
+
+@pytest.mark.parametrize("converter, prefix", [("medclip_ryanwang.convert_medclip_state", "text_model.model."),
+                                               ("pmc_clip.convert_pmc_clip_state", "text_encoder."),
+                                               ("open_clip_hub._custom_text_state", "text.transformer."),
+                                               ("siglip.convert_siglip_state", "text_model.")])
+def test_hf_text_keys_are_mapped_alike_by_every_converter(converter, prefix):
+    """One rule for a saved HF text encoder (clip_common.hf_text_entry): its own keys go under text.model., the id
+    buffers older transformers saved and BERT's unused NSP pooler are dropped, anything else unknown is refused."""
+    import importlib
+
+    module, name = converter.split(".")
+    convert = getattr(importlib.import_module(f"medclip.interop.{module}"), name)
+    weight = torch.ones(2, 2)
+    state = {prefix + "embeddings.position_ids": torch.arange(4)[None], prefix + "pooler.dense.weight": weight,
+             prefix + "embeddings.token_type_ids": torch.zeros(1, 4, dtype=torch.long),
+             prefix + "encoder.layer.0.attention.self.query.weight": weight}
+    assert convert(state, "src") == {"text.model.encoder.layer.0.attention.self.query.weight": weight}
+    with pytest.raises(CheckpointError, match="src: unexpected keys.*stray"):
+        convert({**state, "stray": weight}, "src")

@@ -80,6 +80,18 @@ def build_and_load(config: dict, state: dict, source: str) -> CLIP:
     return model.eval()
 
 
+# what a saved HF text encoder may hold that the wrapped one neither loads nor reads: the id buffers (saved by
+# older transformers) and BERT's next-sentence ``pooler`` (CLS/mean/MedCLIP pooling never calls it)
+HF_TEXT_SKIPPED = ("embeddings.position_ids", "embeddings.token_type_ids")
+
+
+def hf_text_entry(rest: str, value: torch.Tensor) -> dict:
+    """``{"text.model.<rest>": value}`` for the HF text encoder's own key ``rest``; ``{}`` for one it drops."""
+    if rest in HF_TEXT_SKIPPED or rest.startswith("pooler."):
+        return {}
+    return {"text.model." + rest: value}
+
+
 def require_text_model(text_model: str | None, source: str, model: str, hub_id: str) -> str:
     """The local HF text-encoder folder a checkpoint names only by hub id, or a one-line error saying so."""
     import os

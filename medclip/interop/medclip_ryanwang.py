@@ -23,7 +23,7 @@ import os
 
 from ..errors import CheckpointError
 from .checkpoints import read_state_dict, reject_unknown
-from .clip_common import build_and_load, count_layers, require_text_model
+from .clip_common import build_and_load, count_layers, hf_text_entry, require_text_model
 
 WEIGHTS = "pytorch_model.bin"
 MEAN, STD = 0.5862785803043838, 0.27950088968644304
@@ -59,9 +59,7 @@ def convert_medclip_state(state: dict, source: str) -> dict:
         elif key.startswith("vision_model.model."):
             out["visual.trunk." + key[len("vision_model.model."):]] = value
         elif key.startswith("text_model.model."):
-            rest = key[len("text_model.model."):]
-            if not (rest.startswith("pooler.") or rest.endswith("position_ids")):  # BERT's unused NSP pooler
-                out["text.model." + rest] = value
+            out.update(hf_text_entry(key[len("text_model.model."):], value))
         elif key == "text_model.projection_head.weight":
             out["text.text_projection.weight"] = value
         elif key == "logit_scale":

@@ -22,14 +22,13 @@ import os
 
 from ..errors import ConfigError, MissingFileError, require_file
 from .checkpoints import read_state_dict, reject_unknown
-from .clip_common import build_and_load
+from .clip_common import build_and_load, hf_text_entry
 from .open_clip import config_from_open_clip, convert_open_clip_state
 
 HUB_CONFIG = "open_clip_config.json"
 HUB_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 _POOLERS = {"cls_last_hidden_state_pooler": "cls", "mean_pooler": "mean"}
 # HF encoder buffers that may be saved with the weights but are not parameters
-_HF_BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
 
 
 def read_hub_config(folder: str) -> dict:
@@ -149,10 +148,7 @@ def _custom_text_state(state: dict, source: str) -> dict:
         elif key == "visual.head.proj.weight":
             out["visual.head.weight"] = value
         elif key.startswith("text.transformer."):
-            rest = key[len("text.transformer."):]
-            if rest in _HF_BUFFERS or rest.startswith("pooler."):
-                continue  # buffers, and BERT's NSP pooler that CLS/mean pooling never reads
-            out[f"text.model.{rest}"] = value
+            out.update(hf_text_entry(key[len("text.transformer."):], value))
         elif key.startswith("text.proj."):
             out["text.text_projection." + key[len("text.proj."):]] = value
         elif key in ("logit_scale", "logit_bias"):

@@ -28,13 +28,13 @@ import torch
 
 from ..errors import CheckpointError, MissingFileError
 from .checkpoints import read_state_dict, reject_unknown
-from .clip_common import build_and_load, require_text_model
+from .clip_common import build_and_load, hf_text_entry, require_text_model
 from .open_clip import _resnet_config, visual_to_timm
 
 logger = logging.getLogger("medclip.interop")
 THREE_FILES = ("image_encoder(resnet50).pth", "text_encoder.pth", "text_projection_layer.pth")
 _DROPPED = ("fusion_module.", "img_special_token", "mlm_projection", "positional_embedding", "ln_final.",
-            "attn_mask", "text_encoder.pooler.", "text_encoder.embeddings.position_ids")
+            "attn_mask")
 PREPROCESS = {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711],
               "interpolation": "bicubic", "resize_mode": "shortest + center crop"}
 
@@ -100,7 +100,7 @@ def convert_pmc_clip_state(state: dict, source: str) -> dict:
         if key.startswith("visual.") or key.startswith(_DROPPED):
             continue
         if key.startswith("text_encoder."):
-            out["text.model." + key[len("text_encoder."):]] = value
+            out.update(hf_text_entry(key[len("text_encoder."):], value))
         elif key == "text_projection":
             out["text.text_projection.weight"] = value.t().contiguous()
         elif key == "logit_scale":

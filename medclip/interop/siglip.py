@@ -25,7 +25,7 @@ import torch
 
 from ..errors import CheckpointError, ConfigError, MissingFileError
 from .checkpoints import reject_unknown
-from .clip_common import build_and_load
+from .clip_common import build_and_load, hf_text_entry
 from .hf_clip import _read_weights
 
 _TIMM_SIGLIP = {(768, 12, 12): "base", (1024, 24, 16): "large", (1152, 27, 16): "so400m"}
@@ -127,8 +127,7 @@ def convert_siglip_state(state: dict, source: str) -> dict:
     qkv: dict = {}
     for key, value in state.items():
         if key.startswith("text_model."):
-            if not key.endswith("position_ids"):
-                out["text.model." + key[len("text_model."):]] = value
+            out.update(hf_text_entry(key[len("text_model."):], value))
         elif key in ("logit_scale", "logit_bias"):
             out[key] = value.reshape(())
         elif key.startswith("vision_model."):
