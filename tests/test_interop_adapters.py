@@ -150,8 +150,12 @@ def test_lora_targets_on_converted_models(converted, request):
         assert len(image) == 3 * sum(model.config.vision.hf_config["depths"])
 
 
-def test_retrieve_on_converted_models(converted, frames, tmp_path):
-    folder, _ = converted
+def test_retrieve_on_converted_models(converted, frames, tmp_path, monkeypatch):
+    import torch
+
+    from medclip.eval.retrieval import evaluate_retrieval
+
+    folder, model = converted
     table = pd.concat([frames["train"], frames["val"]])
     reports = ["small left pleural effusion", "the heart is enlarged", "no acute process", "right lower lobe opacity"]
     table = table.assign(report=[reports[i % 4] for i in range(len(table))])
@@ -160,3 +164,8 @@ def test_retrieve_on_converted_models(converted, frames, tmp_path):
                  "--output", str(tmp_path / "out")]) == 0
     metrics = json.loads((tmp_path / "out" / "retrieval.json").read_text())
     assert metrics["n"] == len(table) and 0 <= metrics["i2t_R@1"] <= 1
+    grad_enabled, encode_text = [], model.encode_text  # reports are encoded without autograd (no graph kept)
+    monkeypatch.setattr(model, "encode_text", lambda *a, **k: grad_enabled.append(torch.is_grad_enabled())
+                        or encode_text(*a, **k))
+    evaluate_retrieval(model, str(tmp_path / "m.csv"), progress=False)
+    assert grad_enabled and not any(grad_enabled)

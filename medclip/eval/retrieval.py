@@ -243,7 +243,8 @@ def evaluate_retrieval(model, manifest: str, split: str | None = None,
                               columns=quarantine.columns)
     good = good.iloc[kept].reset_index(drop=True)
     texts = good["text"].tolist()
-    text_features = encode_texts(model, get_tokenizer(model.config), texts)
+    with torch.no_grad():  # without it every report's autograd graph stayed alive until the metrics were done
+        text_features = encode_texts(model, get_tokenizer(model.config), texts)
     metrics = embedding_metrics(features, text_features, texts, ks)
     metrics.update({f"chance_R@{k}": chance_recall(texts, k) for k in ks})
     if len(texts) > 2:  # permutation test against shuffled pairings (medclip.eval.significance)
