@@ -1,6 +1,6 @@
 """Every converted zoo model (tiny replicas: BiomedCLIP layout, SigLIP, UniMed-CLIP, PMC-CLIP, MedCLIP-ResNet,
-MedCLIP-ViT) works downstream: zero-shot and all five adapters fit, predict and reload; ``medclip retrieve`` runs
-on it."""
+MedCLIP-ViT) works downstream: zero-shot and all five adapters fit, predict and reload; ``medclip zeroshot`` and
+``medclip retrieve`` run on the converted folder; LoRA's default targets per tower kind."""
 
 from __future__ import annotations
 
@@ -121,6 +121,29 @@ def test_adapters_on_converted_models(converted, name, frames, tmp_path):
     method.save(str(tmp_path / "adapter"))
     reloaded = ma.load_method(str(tmp_path / "adapter"), model, cache=ma.FeatureCache())
     np.testing.assert_allclose(reloaded.predict_proba(frames["test"]), probs, atol=1e-6)
+
+
+def test_cli_zeroshot_on_converted_models(converted, frames, tmp_path):
+    """``medclip zeroshot`` (multi-label: SigLIP's sigmoid with its bias) on the converted folder gives the same
+    probabilities as the adapters' zero-shot method on the loaded model."""
+    folder, model = converted
+    table = pd.concat([frames["train"], frames["test"]]).assign(effusion=lambda d: d["label"].astype(str))
+    table["cardiomegaly"] = (np.arange(len(table)) // 2 % 2).astype(str)
+    table[["image", "patient_id", "effusion", "cardiomegaly"]].to_csv(tmp_path / "m.csv", index=False)
+    from medclip.eval.prompts import parse_class_file
+
+    classes = {"task": "multi", "templates": ["{}"],
+               "classes": {"effusion": ["small left pleural effusion"], "cardiomegaly": ["the heart is enlarged"]}}
+    (tmp_path / "c.json").write_text(json.dumps(classes))
+    assert main(["zeroshot", "--model", str(folder), "--manifest", str(tmp_path / "m.csv"), "--classes",
+                 str(tmp_path / "c.json"), "--output", str(tmp_path / "out"), "--bootstrap", "20", "--no-cache",
+                 "--no-figures"]) == 0
+    out = pd.read_csv(tmp_path / "out" / "probabilities.csv")
+    task = ma.Task.from_class_file(parse_class_file(classes))
+    ours = ma.create_method("zeroshot", model, task, cache=ma.FeatureCache()).predict_proba(table)
+    assert list(out["image"]) == list(table["image"])
+    assert out[["logit/effusion", "logit/cardiomegaly"]].std().min() > 1e-3  # images score differently
+    np.testing.assert_allclose(out[["prob/effusion", "prob/cardiomegaly"]].to_numpy(), ours, atol=1e-5)
 
 
 # image tower kind of each converted model -> what LoRA's default (encoder: auto) adapts on the image side
