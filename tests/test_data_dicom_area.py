@@ -17,7 +17,8 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from medclip.config import VisionConfig
 from medclip.data import dicom as dicom_mod
-from medclip.data.area import area_windows, stored_frame, table_area_mean
+from medclip.data import display
+from medclip.data.area import RowReader, area_windows, stored_frame, table_area_mean
 from medclip.data.dicom import read_image, read_image_resized
 from medclip.data.stored import quantize
 from medclip.data.transforms import build_image_transform, to_channels
@@ -36,7 +37,7 @@ def _longest(size):
 def _float64_reference(path, shape_for, window_index=0):
     ds = pydicom.dcmread(path)
     arr = ds.pixel_array
-    full = dicom_mod._gray_chain(ds, arr, str(ds.PhotometricInterpretation).upper(), window_index)
+    full = display._gray_chain(ds, arr, str(ds.PhotometricInterpretation).upper(), window_index)
     pooled = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(full)[None, None], shape_for(*arr.shape))
     return pooled[0, 0].numpy()
 
@@ -164,13 +165,14 @@ def test_first_pass_within_one_step_of_the_old_full_size_path(synthetic, shared_
             assert diff.max() == 0
 
 
-def test_stored_frame_equals_pixel_array(synthetic, shared_data, tmp_path):
+def test_stored_frame_read_by_rows_equals_pixel_array(synthetic, shared_data, tmp_path):
     frames = np.stack([_radiograph((700, 800), 4095, seed) for seed in range(3)]).astype(np.uint16)
     multi = _write(tmp_path / "multi.dcm", frames, 12, window=(2048, 4096))
     cases = [(p, 0) for p in synthetic.values()] + [(multi, 2)] + [(str(shared_data / "dicom" / "RG1_UNCR.dcm"), 0)]
     for path, frame in cases:
-        ds = pydicom.dcmread(path, defer_size=1 << 20)
-        stored = stored_frame(ds, path, frame)
+        offset, shape, dtype = stored_frame(pydicom.dcmread(path, defer_size=1 << 20), path, frame)
+        with RowReader(path, offset, shape, dtype, shape[0]) as rows_of:
+            stored = np.vstack([rows_of(start, min(start + 97, shape[0])).copy() for start in range(0, shape[0], 97)])
         full = pydicom.dcmread(path)
         assert np.array_equal(stored, dicom_mod._decode_frame(full, path, frame)), path
     for name in ("RG1_J2KR.dcm", "JPEG-LL.dcm"):  # compressed / signed: pydicom decodes them

@@ -16,6 +16,7 @@ by at most 1 step, at near-ties).
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 import numpy as np
 
@@ -28,37 +29,84 @@ def area_windows(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
     return (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
 
 
-def table_area_mean(arr: np.ndarray, table: np.ndarray, vmin: int, out_shape: tuple[int, int]) -> np.ndarray:
-    """Area-resize ``table[arr - vmin]`` to ``out_shape`` exactly, doing float work only on small arrays.
+class WindowStats(NamedTuple):
+    """Exact integer statistics of each area window: sums and pixel counts (h, w); smallest and largest values
+    of each window row strip's columns (h, W: :func:`_window_extremes` reduces them to windows when needed)."""
+
+    rows: tuple[np.ndarray, np.ndarray]
+    cols: tuple[np.ndarray, np.ndarray]
+    sums: np.ndarray
+    count: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+
+
+def window_stats(rows_of, shape: tuple[int, int], out_shape: tuple[int, int], largest: int) -> WindowStats:
+    """One pass over the pixels, one area-window row strip at a time: integer sums, minima and maxima.
 
     Args:
-        arr: (H, W) integer pixels, all in ``[vmin, vmin + len(table))``.
-        table: float64 value of each stored value from ``vmin`` on.
-        vmin: the smallest value of ``arr``.
-        out_shape: (h, w) of the result.
+        rows_of: ``rows_of(start, end)`` → the (end - start, W) integer rows of the image (may reuse a buffer).
+        shape: (H, W) of the image.
+        out_shape: (h, w) of the resize; at most (H, W).
+        largest: an upper bound of the pixels' magnitude (picks the narrowest exact accumulator).
 
     Returns:
-        np.ndarray: (h, w) float64, the mean of ``table[arr - vmin]`` over each area window.
+        WindowStats: (h, w) arrays.
     """
-    (h, w), (rows, cols) = out_shape, arr.shape
-    rs, re = area_windows(rows, h)
-    cs, ce = area_windows(cols, w)
-    count = np.outer(re - rs, ce - cs).astype(np.float64)
-    largest = max(abs(vmin), abs(vmin + len(table) - 1))
-    mean = _window_sums(arr, rs, re, cs, ce, largest) / count
+    (rs, re), (cs, ce) = area_windows(shape[0], out_shape[0]), area_windows(shape[1], out_shape[1])
+    acc = _accumulator(largest * int((re - rs).max()))
+    sums, low, high = None, None, None
+    for i, (start, end) in enumerate(zip(rs.tolist(), re.tolist())):
+        strip = rows_of(start, end)
+        if sums is None:
+            sums = np.empty((len(rs), shape[1]), dtype=acc if strip.dtype.kind == "u" else np.int64)
+            low, high = np.empty((len(rs), shape[1]), dtype=strip.dtype), np.empty((len(rs), shape[1]), strip.dtype)
+        np.add.reduce(strip, axis=0, dtype=sums.dtype, out=sums[i])
+        np.minimum.reduce(strip, axis=0, out=low[i])
+        np.maximum.reduce(strip, axis=0, out=high[i])
+    sums = np.add.reduceat(sums, _reduceat_index(cs, ce), axis=1, dtype=np.int64)[:, 0::2]
+    return WindowStats((rs, re), (cs, ce), sums, np.outer(re - rs, ce - cs), low, high)
+
+
+def table_means(rows_of, stats: WindowStats, table: np.ndarray, vmin: int) -> np.ndarray:
+    """The mean of ``table[pixel - vmin]`` over each area window, exact to float64 rounding.
+
+    Windows whose values lie on one straight piece of ``table`` come from their exact sums; the rest (across
+    a bend: a window's limits, a non-linear VOI LUT) are gathered through the table, strip by strip.
+
+    Args:
+        rows_of: as for :func:`window_stats` (read again only for strips with a window across a bend).
+        stats: :func:`window_stats` of the same pixels.
+        table: float64 value of each stored value from ``vmin`` to the largest.
+        vmin: the smallest pixel value.
+
+    Returns:
+        np.ndarray: (h, w) float64.
+    """
+    count = stats.count.astype(np.float64)
+    offset = stats.sums / count - vmin
     piece = _piece_ids(table)
-    if piece[0] == piece[-1]:  # T is one straight piece over every value present
-        return _interpolate(table, 0, len(table) - 1, mean - vmin)
-    lo, hi = _window_extremes(arr, rs, re, cs, ce)
-    lo, hi = lo.astype(np.int64) - vmin, hi.astype(np.int64) - vmin
-    out = _interpolate(table, lo, hi, mean - vmin)
+    if piece[0] == piece[-1]:  # one straight piece over every value present: no window needs more
+        return _interpolate(table, 0, len(table) - 1, offset)
+    (rs, re), (cs, ce) = stats.rows, stats.cols
+    index = _reduceat_index(cs, ce)
+    lo = np.minimum.reduceat(stats.low, index, axis=1)[:, 0::2].astype(np.int64) - vmin
+    hi = np.maximum.reduceat(stats.high, index, axis=1)[:, 0::2].astype(np.int64) - vmin
+    out = _interpolate(table, lo, hi, offset)
     straight = piece[lo] == piece[np.maximum(hi - 1, lo)]
     for i in np.flatnonzero(~straight.all(axis=1)):  # strips with a window across a bend: gather exactly
-        strip = table.take(arr[rs[i]:re[i]].astype(np.int64) - vmin).sum(axis=0)
-        sums = np.add.reduceat(strip, _reduceat_index(cs, ce))[0::2]
+        strip = table.take(rows_of(int(rs[i]), int(re[i])).astype(np.int64) - vmin).sum(axis=0)
+        sums = np.add.reduceat(strip, index)[0::2]
         bent = ~straight[i]
         out[i, bent] = sums[bent] / count[i, bent]
     return out
+
+
+def table_area_mean(arr: np.ndarray, table: np.ndarray, vmin: int, out_shape: tuple[int, int]) -> np.ndarray:
+    """Area-resize ``table[arr - vmin]`` (an in-memory (H, W) integer image) to ``out_shape`` (<= (H, W))."""
+    largest = max(abs(vmin), abs(vmin + len(table) - 1), 1)
+    stats = window_stats(lambda start, end: arr[start:end], arr.shape, out_shape, largest)
+    return table_means(lambda start, end: arr[start:end], stats, table, vmin)
 
 
 def _piece_ids(table: np.ndarray) -> np.ndarray:
@@ -86,41 +134,43 @@ def _reduceat_index(start: np.ndarray, end: np.ndarray) -> np.ndarray:
     return index
 
 
-def _accumulator(dtype: np.dtype, top: int) -> type:
-    """The narrowest integer type that holds sums up to ``top`` (``uint16`` sums of 12-bit pixels are fastest)."""
-    if dtype.kind == "u" and top < 1 << 16:
-        return np.uint16
-    if dtype.kind == "u" and top < 1 << 32:
-        return np.uint32
-    return np.int32 if top < 1 << 31 else np.int64
+def _accumulator(top: int) -> type:
+    """The narrowest unsigned type that holds sums up to ``top`` (``uint16`` sums of 12-bit pixels are fastest)."""
+    return np.uint16 if top < 1 << 16 else np.uint32 if top < 1 << 32 else np.uint64
 
 
-def _window_sums(arr, rs, re, cs, ce, largest: int) -> np.ndarray:
-    """Exact integer sums of ``arr`` (``|values| <= largest``) over each area window: rows first (contiguous
-    adds of whole rows), then columns on the small result."""
-    acc = _accumulator(arr.dtype, max(largest, 1) * int((re - rs).max()))
-    strips = np.empty((len(rs), arr.shape[1]), dtype=acc)
-    for i, (start, end) in enumerate(zip(rs.tolist(), re.tolist())):
-        np.add.reduce(arr[start:end], axis=0, dtype=acc, out=strips[i])
-    return np.add.reduceat(strips.astype(np.int64), _reduceat_index(cs, ce), axis=1)[:, 0::2].astype(np.float64)
+class RowReader:
+    """``rows_of`` for :func:`window_stats`: rows of one stored frame read from the file into one reused buffer
+    (in cache), instead of the whole frame into memory first. Use as a context manager."""
+
+    def __init__(self, path: str, offset: int, shape: tuple[int, int], dtype, max_rows: int):
+        self.offset, self.row_bytes = offset, shape[1] * np.dtype(dtype).itemsize
+        self.buffer = np.empty((max_rows, shape[1]), dtype=dtype)
+        self.file = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by __exit__
+
+    def __enter__(self) -> RowReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.file.close()
+
+    def __call__(self, start: int, end: int) -> np.ndarray:
+        rows = self.buffer[: end - start]
+        view, done = memoryview(rows).cast("B"), 0
+        self.file.seek(self.offset + start * self.row_bytes)
+        while done < len(view):
+            got = self.file.readinto(view[done:])
+            if not got:
+                raise OSError("file ended before its pixel data did")
+            done += got
+        return rows
 
 
-def _window_extremes(arr, rs, re, cs, ce) -> tuple[np.ndarray, np.ndarray]:
-    """Smallest and largest value in each area window."""
-    low = np.empty((len(rs), arr.shape[1]), dtype=arr.dtype)
-    high = np.empty_like(low)
-    for i, (start, end) in enumerate(zip(rs.tolist(), re.tolist())):
-        arr[start:end].min(axis=0, out=low[i])
-        arr[start:end].max(axis=0, out=high[i])
-    index = _reduceat_index(cs, ce)
-    return np.minimum.reduceat(low, index, axis=1)[:, 0::2], np.maximum.reduceat(high, index, axis=1)[:, 0::2]
-
-
-def stored_frame(ds, path: str, frame: int = 0) -> np.ndarray | None:
-    """One frame of the stored values of an uncompressed little-endian unsigned 8/16-bit single-sample DICOM
-    read straight from ``path`` (``ds`` read with pixel data deferred); None for any other kind of file, or
-    one shorter than its header says. Bits above ``BitsStored`` are not masked here (callers check the maximum);
-    otherwise equal to that frame of pydicom's ``pixel_array``."""
+def stored_frame(ds, path: str, frame: int = 0) -> tuple[int, tuple[int, int], np.dtype] | None:
+    """Where one frame of the stored values of an uncompressed little-endian unsigned 8/16-bit single-sample
+    DICOM lies in ``path`` (``ds`` read with its pixel data deferred): (byte offset, (rows, columns), dtype);
+    None for any other kind of file, or one shorter than its header says. Read with :class:`RowReader`; bits
+    above ``BitsStored`` are not masked (callers check the maximum), otherwise it is pydicom's ``pixel_array``."""
     from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
     uid = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
@@ -137,5 +187,4 @@ def stored_frame(ds, path: str, frame: int = 0) -> np.ndarray | None:
         return None  # not deferred: a small file, read whole by the usual path
     if raw.length < (frame + 1) * size or os.path.getsize(path) < tell + raw.length:
         return None
-    dtype = np.uint8 if bits == 8 else np.dtype("<u2")
-    return np.fromfile(path, dtype=dtype, count=rows * cols, offset=tell + frame * size).reshape(rows, cols)
+    return tell + frame * size, (rows, cols), np.dtype(np.uint8 if bits == 8 else "<u2")

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .area import stored_frame, table_area_mean
+from .area import RowReader, stored_frame
+from .display import _area_resized, _gray_chain, _grayscale_to_unit  # noqa: F401 - _gray_chain: tests
 from .guard import (
     ImageLimits,
     captured_pydicom,
@@ -42,7 +43,6 @@ PHI_TAGS = (
     "PerformingPhysicianName", "OperatorsName", "InstitutionalDepartmentName", "StationName",
 )
 DICOM_EXTRA_HINT = "pip install 'medclip[dicom]' (pylibjpeg + pylibjpeg-libjpeg/openjpeg)"
-PERCENTILES = (0.5, 99.5)
 DEFER_BYTES = 1 << 20  # read_image_resized leaves larger pixel data in the file until it knows how to read it
 
 
@@ -185,7 +185,8 @@ def _read_dicom(path: str, window_index: int, frame: int, limits: ImageLimits,
             return _colour_to_unit(ds, arr, photometric, path), False
         if shape_for is not None:
             _check_min_side(path, arr.shape, limits)
-            small = _area_resized(ds, arr, photometric, window_index, shape_for)
+            small = _area_resized(ds, lambda start, end: arr[start:end], arr.shape, arr.dtype, photometric,
+                                  window_index, shape_for)
             if small is not None:
                 return small, True
         return _grayscale_to_unit(ds, arr, photometric, window_index), False
@@ -214,35 +215,21 @@ def _open_dicom(path: str, limits: ImageLimits, deferred: bool):
 
 
 def _stored_area(ds, path: str, frame: int, window_index: int, shape_for, limits: ImageLimits) -> np.ndarray | None:
-    """The area-resized image of a plain (uncompressed, unsigned, grayscale) DICOM read straight from its
-    stored values (:func:`~medclip.data.area.stored_frame`); None for any other file, or one with bits set
+    """The area-resized image of a plain (uncompressed, unsigned, grayscale) DICOM, its rows read from the file
+    strip by strip (:class:`~medclip.data.area.RowReader`); None for any other file, or one with bits set
     above ``BitsStored`` or tags the chain rejects (the full path decodes it and reports what is wrong)."""
     photometric = str(ds.get("PhotometricInterpretation", "")).upper()
-    arr = stored_frame(ds, path, frame) if photometric in ("MONOCHROME1", "MONOCHROME2") else None
-    if arr is None:
+    where = stored_frame(ds, path, frame) if photometric in ("MONOCHROME1", "MONOCHROME2") else None
+    if where is None:
         return None
-    _check_min_side(path, arr.shape, limits)
+    offset, shape, dtype = where
+    _check_min_side(path, shape, limits)
     try:
-        return _area_resized(ds, arr, photometric, window_index, shape_for, int(ds.BitsStored))
-    except Exception:  # noqa: BLE001 - bad display tags: the full path gives the file's one-line error
+        strip_rows = min(shape[0], -(-shape[0] // max(1, shape_for(*shape)[0])) + 1)  # the tallest area window
+        with RowReader(path, offset, shape, dtype, strip_rows) as rows_of:
+            return _area_resized(ds, rows_of, shape, dtype, photometric, window_index, shape_for, int(ds.BitsStored))
+    except Exception:  # noqa: BLE001 - bad display tags, a file cut short: the full path gives the one-line error
         return None
-
-
-def _area_resized(ds, arr: np.ndarray, photometric: str, window_index: int, shape_for,
-                  bits: int | None = None) -> np.ndarray | None:
-    """The grayscale chain area-resized to ``shape_for(H, W)`` (:func:`~medclip.data.area.table_area_mean`);
-    None where that does not apply (float pixels, no stored window: percentiles need every pixel, upsampling,
-    a value of ``bits`` or more bits)."""
-    shape = shape_for(*arr.shape)
-    if arr.dtype.kind not in "ui" or not _has_voi(ds) or shape[0] > arr.shape[0] or shape[1] > arr.shape[1]:
-        return None
-    vmin, vmax = int(arr.min()), int(arr.max())
-    if vmax - vmin >= 1 << 20 or (bits is not None and vmax >= 1 << bits):
-        return None
-    table = _gray_chain(ds, np.arange(vmin, vmax + 1).astype(arr.dtype), photometric, window_index)
-    if table.dtype.kind != "f" or not np.isfinite(table).all():
-        return None  # the full-size path reports it
-    return table_area_mean(arr, table.astype(np.float64, copy=False), vmin, shape)
 
 
 def _decode_frame(ds, path: str, frame: int) -> np.ndarray:
@@ -274,63 +261,6 @@ def _require_decoder(ds, path: str) -> None:
         raise DataError(f"{path}: transfer syntax {uid.name} is not supported by pydicom") from None
     if not decoder.is_available:
         raise DataError(f"{path}: {uid.name} DICOM needs a decoder that is not installed; {DICOM_EXTRA_HINT}")
-
-
-def _grayscale_to_unit(ds, arr: np.ndarray, photometric: str, window_index: int) -> np.ndarray:
-    """Modality LUT, VOI window/LUT, [0, 1], MONOCHROME1 inversion. For a large integer image with a stored
-    window the chain (pointwise) runs once per distinct stored value and is gathered: the same float64 values,
-    ~10x faster than on every pixel of a 2544x3056 radiograph."""
-    if arr.dtype.kind in "ui" and arr.size > 1 << 16 and _has_voi(ds):
-        lo = int(arr.min())
-        offset = (arr.astype(np.int64) - lo if arr.dtype.kind == "i" else arr - lo).ravel()
-        if int(offset.max()) < 1 << 20:
-            present = np.flatnonzero(np.bincount(offset))
-            values = _gray_chain(ds, (present + lo).astype(arr.dtype), photometric, window_index)
-            if values.dtype.kind == "f" and np.isfinite(values).all():
-                table = np.zeros(int(present[-1]) + 1, dtype=values.dtype)
-                table[present] = values
-                return table[offset].reshape(arr.shape)
-    return _gray_chain(ds, arr, photometric, window_index)
-
-
-def _gray_chain(ds, arr: np.ndarray, photometric: str, window_index: int) -> np.ndarray:
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
-
-    arr = apply_modality_lut(arr, ds).astype(np.float64)
-    if not np.isfinite(arr).all():
-        return arr  # reported as NaN pixels by the caller
-    if _has_voi(ds):
-        index = min(window_index, _n_windows(ds) - 1)
-        arr = apply_voi_lut(arr, ds, index=index)
-        lo, hi = _voi_output_range(ds, arr, index)
-    else:  # no window stored: robust percentiles, as viewers do
-        lo, hi = np.percentile(arr, PERCENTILES)
-        arr = np.clip(arr, lo, hi)
-    out = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
-    out = np.clip(out, 0.0, 1.0)
-    return 1.0 - out if photometric == "MONOCHROME1" else out
-
-
-def _has_voi(ds) -> bool:
-    return "VOILUTSequence" in ds or ("WindowCenter" in ds and "WindowWidth" in ds)
-
-
-def _n_windows(ds) -> int:
-    if "VOILUTSequence" in ds:
-        return len(ds.VOILUTSequence)
-    return ds["WindowCenter"].VM or 1
-
-
-def _voi_output_range(ds, arr: np.ndarray, index: int) -> tuple[float, float]:
-    """Output range of the VOI transform: what it maps the lowest and highest possible inputs to."""
-    from pydicom.pixels import apply_voi_lut
-
-    extremes = np.array([-(2**40), 2**40], dtype=np.int64 if "VOILUTSequence" in ds else np.float64)
-    try:
-        lo, hi = (float(v) for v in apply_voi_lut(extremes, ds, index=index))
-    except (ValueError, IndexError, TypeError):
-        lo, hi = float(arr.min()), float(arr.max())
-    return (lo, hi) if hi > lo else (float(arr.min()), float(arr.max()))
 
 
 def _colour_to_unit(ds, arr: np.ndarray, photometric: str, path: str) -> np.ndarray:
@@ -381,14 +311,16 @@ def quiet_pydicom():
 
 @contextlib.contextmanager
 def _silenced(name: str):
+    """Swallow the logger's records (a handler that drops them, no propagation). Not ``setLevel``: that clears
+    every logger's cache, ~1 ms per call with torch and MONAI loaded, paid per image."""
     log = logging.getLogger(name)
-    level, propagate = log.level, log.propagate
-    log.setLevel(logging.CRITICAL + 1)
+    sink, propagate = logging.NullHandler(), log.propagate
+    log.addHandler(sink)
     log.propagate = False
     try:
         yield
     finally:
-        log.setLevel(level)
+        log.removeHandler(sink)
         log.propagate = propagate
 
 
