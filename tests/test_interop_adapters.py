@@ -1,6 +1,7 @@
 """Every converted zoo model (tiny replicas: BiomedCLIP layout, SigLIP, UniMed-CLIP, PMC-CLIP, MedCLIP-ResNet,
 MedCLIP-ViT) works downstream: zero-shot and all five adapters fit, predict and reload; ``medclip zeroshot`` and
-``medclip retrieve`` run on the converted folder; LoRA's default targets per tower kind."""
+``medclip retrieve`` run on the converted folder, as do the notebook's code cells; LoRA's default targets per tower
+kind."""
 
 from __future__ import annotations
 
@@ -144,6 +145,30 @@ def test_cli_zeroshot_on_converted_models(converted, frames, tmp_path):
     assert list(out["image"]) == list(table["image"])
     assert out[["logit/effusion", "logit/cardiomegaly"]].std().min() > 1e-3  # images score differently
     np.testing.assert_allclose(out[["prob/effusion", "prob/cardiomegaly"]].to_numpy(), ours, atol=1e-5)
+
+
+def test_notebook_cells_on_converted_models(converted, tmp_path, monkeypatch):
+    """The clinicians' notebook's code cells, run in order in this process (tests/test_notebook.py runs it through
+    a kernel on real X-rays), on each converted folder and a two-class folder tree."""
+    import nbformat
+
+    folder, _ = converted
+    for i, name in enumerate(("NORMAL", "PNEUMONIA")):
+        write_images(tmp_path / "tree" / name, 8, seed=i)
+    env = {"MODEL_DIR": str(folder), "MANIFEST": str(tmp_path / "tree"), "OUTPUT": str(tmp_path / "out"),
+           "CLASSES": str(HERE.parent / "recipes" / "classes" / "pneumonia-kermany.yaml"), "MAX_IMAGES": "0",
+           "BOOTSTRAP": "20"}
+    for key, value in env.items():
+        monkeypatch.setenv(f"MEDCLIP_{key}", value)
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    namespace = {}
+    for cell in nbformat.read(HERE.parent / "notebooks" / "evaluate_zero_shot.ipynb", as_version=4).cells:
+        if cell.cell_type == "code":
+            exec(compile(cell.source, "notebook", "exec"), namespace)  # noqa: S102 - the repository's own notebook
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["n_images"] == 16 and metrics["n_positive"] == {"NORMAL": 8, "PNEUMONIA": 8}
+    for figure in ("roc.png", "reliability.png", "confusion.png", "examples.png"):
+        assert (tmp_path / "out" / figure).stat().st_size > 1000, figure
 
 
 # image tower kind of each converted model -> what LoRA's default (encoder: auto) adapts on the image side
