@@ -5,6 +5,9 @@ runs. The increase is measured over the process peak after the ``(N, d)`` featur
 loss's own extra memory (logits, softmax, gradients). ``dense`` is open_clip's ``ClipLoss`` (open_clip
 is required); ``tiled`` is :func:`medclip.loss.tiled_clip_loss`. ``sig-ref`` is open_clip's ``SigLipLoss``
 (N × N logits) and ``siglip`` is :func:`medclip.loss.siglip_loss` (streamed, logit bias −10, scale 10).
+``floor`` runs only the tiled loss's four ``N × N × d`` fp32 matmuls (same blocks, no exp or reductions): no
+exact two-pass streamed InfoNCE can beat it, so dense / floor is the largest speed-up this machine allows.
+``cpu s`` is the process's CPU time (both threads), steadier than wall time on a shared machine.
 
 Usage::
 
@@ -48,7 +51,28 @@ def _loss_fn(method: str):
         return "open_clip.SigLipLoss", SigLipLoss()
     if method == "siglip":
         return "medclip.siglip_loss", siglip_loss
+    if method == "floor":
+        return "4 fp32 matmuls (tiled)", _matmul_floor
     return "medclip.tiled_clip_loss", lambda i, t, s, b: tiled_clip_loss(i, t, s)
+
+
+def _matmul_floor(img, txt, scale, bias):
+    """The tiled InfoNCE's matmuls alone: pass 1 ``S = I Tᵀ`` per row block, pass 2 ``S``, ``P T``, ``Pᵀ I``."""
+    import torch
+
+    from medclip.loss import INFONCE_TILE_ELEMENTS
+
+    img, txt, n = img.detach(), txt.detach(), img.shape[0]
+    rows = max(1, min(n, INFONCE_TILE_ELEMENTS // n))
+    buffer, grad_img, grad_txt = img.new_empty(rows, n), torch.empty_like(img), torch.zeros_like(txt)
+    blocks = [(start, min(start + rows, n)) for start in range(0, n, rows)]
+    for start, end in blocks:
+        torch.mm(img[start:end], txt.T, out=buffer[: end - start])
+    for start, end in blocks:
+        block = torch.mm(img[start:end], txt.T, out=buffer[: end - start])
+        torch.mm(block, txt, out=grad_img[start:end])
+        grad_txt.addmm_(block.T, img[start:end])
+    return torch.full((), float("nan"), requires_grad=True)  # no loss: backward is a no-op
 
 
 def measure(method: str, n: int, dim: int, repeats: int) -> dict:
@@ -63,15 +87,16 @@ def measure(method: str, n: int, dim: int, repeats: int) -> dict:
     scale = torch.tensor(10.0 if siglip else 14.3, requires_grad=True)
     bias = torch.tensor(-10.0, requires_grad=True)
     base = _rss_mib()
-    times = []
+    times, cpu = [], []
     for _ in range(repeats):
         img.grad = txt.grad = scale.grad = bias.grad = None
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         loss = fn(img, txt, scale, bias)
         loss.backward()
         times.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
     return {"method": method, "impl": name, "n": n, "d": dim, "loss": float(loss.detach()), "seconds": min(times),
-            "peak_extra_mib": _rss_mib() - base}
+            "cpu_seconds": min(cpu), "peak_extra_mib": _rss_mib() - base}
 
 
 def main() -> None:
@@ -87,9 +112,9 @@ def main() -> None:
         print(json.dumps(measure(args.child[0], int(args.child[1]), args.dim, args.repeats)))
         return
     results = {}
-    print(f"{'method':<8}{'impl':<26}{'N':>7}{'seconds':>10}{'extra MiB':>11}{'loss':>10}")
+    print(f"{'method':<8}{'impl':<26}{'N':>7}{'seconds':>10}{'cpu s':>8}{'extra MiB':>11}{'loss':>10}")
     for n in args.sizes:
-        for method in ("dense", "tiled", "sig-ref", "siglip"):
+        for method in ("dense", "tiled", "floor", "sig-ref", "siglip"):
             if method in ("dense", "sig-ref") and args.quick and n >= 32768:
                 print(f"{method:<8}{'(skipped: --quick)':<26}{n:>7}")
                 continue
@@ -102,13 +127,21 @@ def main() -> None:
                 continue
             r = json.loads(proc.stdout.strip().splitlines()[-1])
             results[(method, n)] = r
-            print(f"{method:<8}{r['impl']:<26}{n:>7}{r['seconds']:>10.2f}{r['peak_extra_mib']:>11.0f}{r['loss']:>10.4f}")
+            print(f"{method:<8}{r['impl']:<26}{n:>7}{r['seconds']:>10.2f}{r['cpu_seconds']:>8.2f}"
+                  f"{r['peak_extra_mib']:>11.0f}{r['loss']:>10.4f}")
     key = 16384 if ("dense", 16384) in results and ("tiled", 16384) in results else None
     if key:
         d, t = results[("dense", key)], results[("tiled", key)]
         print(f"N={key} d={args.dim}: tiled is {d['seconds'] / t['seconds']:.2f}x faster than dense and uses "
               f"{d['peak_extra_mib'] / max(t['peak_extra_mib'], 1):.1f}x less extra memory "
-              f"({t['peak_extra_mib']:.0f} vs {d['peak_extra_mib']:.0f} MiB)")
+              f"({t['peak_extra_mib']:.0f} vs {d['peak_extra_mib']:.0f} MiB); CPU time "
+              f"{d['cpu_seconds'] / t['cpu_seconds']:.2f}x")
+        f = results.get(("floor", key))
+        if f:
+            print(f"N={key}: the four matmuls alone take {f['seconds']:.2f} s ({f['cpu_seconds']:.2f} s CPU): no exact "
+                  f"streamed InfoNCE beats dense by more than {d['seconds'] / f['seconds']:.2f}x here "
+                  f"({d['cpu_seconds'] / f['cpu_seconds']:.2f}x in CPU time); tiled is at "
+                  f"{f['seconds'] / t['seconds']:.0%} of that floor")
     else:
         print("key ratio unavailable: run with N = 16384 for both methods")
     sig = [n for n in args.sizes if ("siglip", n) in results]

@@ -32,8 +32,11 @@ import torch.nn.functional as F
 
 from .errors import ConfigError
 
-# Elements of one (block × N) similarity block in the tiled loss: 2**23 floats = 32 MiB per temporary.
+# Elements of one (block × N) similarity block in the tiled losses: 2**23 floats = 32 MiB per temporary.
 TILE_ELEMENTS = 2 ** 23
+# The InfoNCE's blocks are twice that (64 MiB): bigger blocks keep its matmuls closer to peak (measured on
+# 2 cores: 1024 rows at N = 16384 took 7% less CPU time than 512), and it holds only two such buffers.
+INFONCE_TILE_ELEMENTS = 2 ** 24
 
 
 def clip_logits(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor):
@@ -87,8 +90,8 @@ def duplicate_mask(text_ids: torch.Tensor | None, start: int, end: int) -> torch
     return mask
 
 
-def _blocks(n: int, block: int | None):
-    block = block or max(1, min(n, TILE_ELEMENTS // max(n, 1)))
+def _blocks(n: int, block: int | None, elements: int = TILE_ELEMENTS):
+    block = block or max(1, min(n, elements // max(n, 1)))
     return [(start, min(start + block, n)) for start in range(0, n, block)]
 
 
@@ -116,7 +119,7 @@ class TiledInfoNCE(torch.autograd.Function):
         dtype = torch.promote_types(image_features.dtype, torch.float32)  # fp32 (or fp64) inside
         img, txt, scale = image_features.to(dtype), text_features.to(dtype), logit_scale.to(dtype)
         n = img.shape[0]
-        blocks = _blocks(n, block)
+        blocks = _blocks(n, block, INFONCE_TILE_ELEMENTS)
         buffers = img.new_empty(2, blocks[0][1], n)  # two (block × N) buffers, reused by every block
         # S_ij − a_i = [s·I_i, −a_i] · [T_j, 1]: the scale and a per-row shift folded into the (N, d + 1)
         # operands, so the matmul itself returns the shifted block (a = 0 in pass 1, a = r in pass 2)
@@ -214,7 +217,7 @@ def tiled_clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, l
         logit_bias: ignored (cancels in the softmaxes).
         text_ids: optional report-text ids: identical reports are masked out of each other's denominators
             (as :func:`clip_loss`), exactly, in forward and backward.
-        block: image rows per block; default keeps each ``block × N`` buffer at 32 MiB.
+        block: image rows per block; default keeps each of the two ``block × N`` buffers at 64 MiB.
 
     Returns:
         Scalar fp32 loss.
