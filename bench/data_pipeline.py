@@ -181,32 +181,46 @@ def bench_cache(tmp: Path) -> int:
     return next((tmp / "cache").rglob("*.npy")).stat().st_size
 
 
+def _run_part(part: str, tmp: Path, quick: bool, rows: int) -> str:
+    """Run one part of the benchmark; its result line."""
+    if part == "shards":
+        r = bench_shards(tmp, 3 if quick else 6, 1000 if quick else 3000)
+        return (f"shard read 224² uint8: {r['shard_rate']:.0f} images/s vs per-file JPEG 2544x3056 decode+resize "
+                f"{r['file_rate']:.1f} images/s = {r['ratio']:.0f}x  target >= 10x: "
+                f"{'yes' if r['ratio'] >= 10 else 'no'}")
+    if part == "dicom":
+        r = bench_dicom(tmp, 3 if quick else 6)
+        return (f"first-pass DICOM 2544x3056 12-bit: {r['first_rate']:.1f} images/s vs raw pydicom "
+                f"{r['raw_rate']:.1f} images/s = {r['ratio']:.2f}x  target >= 0.8x: "
+                f"{'yes' if r['ratio'] >= 0.8 else 'no'}")
+    if part == "cache":
+        size = bench_cache(tmp)
+        return (f"cache per 1x224² uint8 image: {size} bytes ({size / 1024:.1f} KiB)  target <= 50 KiB: "
+                f"{'yes' if size <= 50 * 1024 else 'no'}")
+    r = bench_prepare(tmp, rows)
+    return (f"check + split (prepare, {os.cpu_count()} cores, once): {r['rows']} rows in {r['seconds']:.1f} s "
+            f"({r['rows'] / r['seconds']:.0f} rows/s; synthetic tree made in {r['made_s']:.0f} s), "
+            f"splits {r['splits']}  target <= 60 s: {'yes' if r['seconds'] <= 60 else 'no'}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="50k rows, fewer images (about a minute)")
     parser.add_argument("--rows", type=int, default=None, help=f"manifest rows (default {MIMIC_ROWS})")
     parser.add_argument("--keep", help="make the synthetic data in this folder and keep it")
+    parser.add_argument("--only", choices=("shards", "dicom", "cache", "prepare"), action="append",
+                        help="run only these parts (repeatable; cache needs shards' JPEGs)")
     args = parser.parse_args(argv)
+    parts = set(args.only or ("shards", "dicom", "cache", "prepare"))
+    parts |= {"shards"} if "cache" in parts else set()
     rows = args.rows or (50_000 if args.quick else MIMIC_ROWS)
     print(machine_line(), flush=True)
     with tempfile.TemporaryDirectory() as scratch:  # results print as they come (deleting 600k files is slow)
         tmp = Path(args.keep or scratch)
         tmp.mkdir(parents=True, exist_ok=True)
-        shards = bench_shards(tmp, 3 if args.quick else 6, 1000 if args.quick else 3000)
-        print(f"shard read 224² uint8: {shards['shard_rate']:.0f} images/s vs per-file JPEG 2544x3056 decode+resize "
-              f"{shards['file_rate']:.1f} images/s = {shards['ratio']:.0f}x  target >= 10x: "
-              f"{'yes' if shards['ratio'] >= 10 else 'no'}", flush=True)
-        dicom = bench_dicom(tmp, 3 if args.quick else 6)
-        print(f"first-pass DICOM 2544x3056 12-bit: {dicom['first_rate']:.1f} images/s vs raw pydicom "
-              f"{dicom['raw_rate']:.1f} images/s = {dicom['ratio']:.2f}x  target >= 0.8x: "
-              f"{'yes' if dicom['ratio'] >= 0.8 else 'no'}", flush=True)
-        cache = bench_cache(tmp)
-        print(f"cache per 1x224² uint8 image: {cache} bytes ({cache / 1024:.1f} KiB)  target <= 50 KiB: "
-              f"{'yes' if cache <= 50 * 1024 else 'no'}", flush=True)
-        prep = bench_prepare(tmp, rows)
-        print(f"check + split (prepare, {os.cpu_count()} cores, once): {prep['rows']} rows in {prep['seconds']:.1f} s "
-              f"({prep['rows'] / prep['seconds']:.0f} rows/s; synthetic tree made in {prep['made_s']:.0f} s), "
-              f"splits {prep['splits']}  target <= 60 s: {'yes' if prep['seconds'] <= 60 else 'no'}", flush=True)
+        for part in ("shards", "dicom", "cache", "prepare"):
+            if part in parts:
+                print(_run_part(part, tmp, args.quick, rows), flush=True)
     return 0
 
 

@@ -10,7 +10,8 @@ palette, JPEG 2000, JPEG Lossless) plus the demo corpus's small DICOMs, each pas
   resize + pad, normalise; writes the cache);
 * cached: the same again (reads the ``.npy`` cache, normalises).
 
-The last line is the cached/first-pass speed ratio (target >= 10x).
+Raw and first pass alternate file by file. The last lines are the first-pass/raw ratio (target >= 0.8x)
+and the cached/first-pass speed ratio (target >= 10x).
 """
 
 from __future__ import annotations
@@ -45,6 +46,18 @@ def _rate(fn, files: list[str]) -> tuple[float, float]:
     return len(files) / seconds, seconds
 
 
+def _interleaved(raw, first, files: list[str]) -> tuple[float, float]:
+    """Total seconds of ``raw`` and ``first`` over ``files``, alternating them file by file (a shared machine's
+    load then hits both alike)."""
+    totals = [0.0, 0.0]
+    for path in files:
+        for k, fn in enumerate((raw, first)):
+            start = time.perf_counter()
+            fn(path)
+            totals[k] += time.perf_counter() - start
+    return totals[0], totals[1]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer demo files (a few seconds)")
@@ -62,14 +75,15 @@ def main(argv: list[str] | None = None) -> int:
         vision = VisionConfig(image_size=args.image_size, in_chans=args.in_chans)
         transform = build_image_transform(vision, cache_dir=str(Path(tmp) / "cache"))
         _ = pydicom.dcmread(files[0]).pixel_array  # import/plugin warm-up outside the timings
-        raw, raw_s = _rate(lambda p: pydicom.dcmread(p).pixel_array, files)
-        first, first_s = _rate(transform, files)
+        raw_s, first_s = _interleaved(lambda p: pydicom.dcmread(p).pixel_array, transform, files)
         cached, cached_s = _rate(transform, files)
+    raw, first = len(files) / raw_s, len(files) / first_s
     print(machine_line())
     print(f"{len(files)} DICOM files ({len(files) - 7} demo + 7 real), output {args.in_chans}x{args.image_size}^2")
     print(f"raw pydicom decode : {raw:8.1f} images/s ({raw_s:.2f} s)")
-    print(f"medclip first pass : {first:8.1f} images/s ({first_s:.2f} s)")
+    print(f"medclip first pass : {first:8.1f} images/s ({first_s:.2f} s)  (interleaved with raw, file by file)")
     print(f"medclip cached     : {cached:8.1f} images/s ({cached_s:.2f} s)")
+    print(f"first-pass/raw ratio: {first / raw:.2f}x  target >= 0.8x: {'yes' if first / raw >= 0.8 else 'no'}")
     print(f"cached/first-pass ratio: {cached / first:.1f}x")
     return 0
 

@@ -195,3 +195,12 @@ def test_truncated_large_dicom_is_one_line_error(synthetic, tmp_path):
     with pytest.raises(DataError) as err:
         read_image_resized(str(cut), _longest(128))
     assert str(cut) in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("shape", [(224, 196), (37, 50), (140, 126), (300, 260)])
+def test_area_resize_equals_monai_resized(shape):
+    from medclip.data.transforms import area_resize
+
+    image = np.random.default_rng(0).random((1, 140, 126), dtype=np.float32)
+    expected = np.asarray(Resized("image", spatial_size=shape, mode="area")({"image": image})["image"])
+    assert np.array_equal(area_resize(image, shape), expected)

@@ -64,7 +64,9 @@ def window_stats(rows_of, shape: tuple[int, int], out_shape: tuple[int, int], la
         np.add.reduce(strip, axis=0, dtype=sums.dtype, out=sums[i])
         np.minimum.reduce(strip, axis=0, out=low[i])
         np.maximum.reduce(strip, axis=0, out=high[i])
-    sums = np.add.reduceat(sums, _reduceat_index(cs, ce), axis=1, dtype=np.int64)[:, 0::2]
+    total = _accumulator(largest * int((re - rs).max()) * int((ce - cs).max()))  # exact for a whole window
+    total = sums.dtype if sums.dtype.kind == "i" or np.dtype(total).itemsize <= sums.itemsize else total
+    sums = np.add.reduceat(sums, _reduceat_index(cs, ce), axis=1, dtype=total)[:, 0::2].astype(np.int64)
     return WindowStats((rs, re), (cs, ce), sums, np.outer(re - rs, ce - cs), low, high)
 
 
@@ -94,11 +96,13 @@ def table_means(rows_of, stats: WindowStats, table: np.ndarray, vmin: int) -> np
     hi = np.maximum.reduceat(stats.high, index, axis=1)[:, 0::2].astype(np.int64) - vmin
     out = _interpolate(table, lo, hi, offset)
     straight = piece[lo] == piece[np.maximum(hi - 1, lo)]
-    for i in np.flatnonzero(~straight.all(axis=1)):  # strips with a window across a bend: gather exactly
-        strip = table.take(rows_of(int(rs[i]), int(re[i])).astype(np.int64) - vmin).sum(axis=0)
-        sums = np.add.reduceat(strip, index)[0::2]
-        bent = ~straight[i]
-        out[i, bent] = sums[bent] / count[i, bent]
+    for i in np.flatnonzero(~straight.all(axis=1)):  # windows across a bend: gather their pixels exactly
+        bent = np.flatnonzero(~straight[i])
+        widths = ce[bent] - cs[bent]
+        starts = np.concatenate([[0], np.cumsum(widths)[:-1]])
+        columns = np.repeat(cs[bent] - starts, widths) + np.arange(int(widths.sum()))
+        pixels = rows_of(int(rs[i]), int(re[i]))[:, columns].astype(np.int64) - vmin
+        out[i, bent] = np.add.reduceat(table.take(pixels).sum(axis=0), starts) / count[i, bent]
     return out
 
 

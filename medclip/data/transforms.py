@@ -119,8 +119,17 @@ class LoadMedicalImaged(MapTransform):
             d[key] = to_channels(arr, self.in_chans)
             if self.size is not None and not resized:
                 shape = self.shape_for(*d[key].shape[-2:])
-                d[key] = Resized(key, spatial_size=shape, mode="area")({key: d[key]})[key]
+                d[key] = area_resize(d[key], shape)
         return d
+
+
+def area_resize(arr: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(C, H, W) float32 → (C, h, w) by ``torch.nn.functional.interpolate(mode="area")``: what MONAI's
+    ``Resized(mode="area")`` computes, without its metadata tracking (most of its time on a small image)."""
+    if tuple(arr.shape[-2:]) == tuple(shape):
+        return arr
+    out = torch.nn.functional.interpolate(torch.from_numpy(arr)[None], size=tuple(shape), mode="area")
+    return out[0].numpy()
 
 
 class RandRotateSmalld(RandomizableTransform, MapTransform):
