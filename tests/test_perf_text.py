@@ -65,6 +65,28 @@ def test_eos_only_attention_equals_full_causal_attention_at_eos():
     assert torch.allclose(attn(packed, packing)[packing.ends], full, atol=1e-6)
 
 
+def test_joint_projection_and_peft_lora_wrapped_projections():
+    """q/k/v run as one GEMM while they are plain nn.Linear; once peft's LoRA wraps some, each is called."""
+    peft = pytest.importorskip("peft")
+    torch.manual_seed(0)
+    from medclip.text import CausalSelfAttention, Packing
+
+    attn = CausalSelfAttention(32, 4)
+    x = torch.randn(5, 9, 32)
+    eos = torch.tensor([8, 0, 3, 5, 8])
+    packing = Packing.from_eos(eos, 9)
+    packed = packing.pack(x)
+    plain = attn(packed, packing)
+    attn = peft.inject_adapter_in_model(peft.LoraConfig(r=2, target_modules=["q_proj", "v_proj"]), attn)
+    for name, param in attn.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param)  # peft starts B at zero (no change): make the adapters count
+    full = attn.forward_reference(x)  # calls each (wrapped) projection itself
+    assert (full[torch.arange(5), eos] - plain[packing.ends]).abs().max() > 1e-2  # LoRA changed the output
+    assert torch.allclose(attn(packed, packing)[packing.ends], full[torch.arange(5), eos], atol=1e-5)
+    assert torch.allclose(attn(packed, packing, last=True), full[torch.arange(5), eos], atol=1e-5)
+
+
 def test_packing_round_trip_and_positions():
     from medclip.text import Packing
 
