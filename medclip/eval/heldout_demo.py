@@ -41,9 +41,19 @@ DEMO_CLASSES = {
     "description": "Demo corpus findings, one yes/no question each (positive vs negative prompts).",
     "task": "multi", "templates": ["{}"],
     "classes": {
-        "opacity": {"prompts": ["Opacity in the right upper zone.", "Opacity in the right lower zone.",
-                                "Opacity in the left lower zone."],
-                    "negatives": ["No focal opacity.", "The lungs are clear."]},
+        # any zone; each sentence once with an enlarged and once with a normal heart, so that the pair's
+        # difference is about the opacity, not heart size (chosen on the validation split; README)
+        "opacity": {"prompts": ["Opacity in the right upper zone. The heart is enlarged.",
+                                "Opacity in the right upper zone. Normal heart size.",
+                                "Opacity in the right lower zone. The heart is enlarged.",
+                                "Opacity in the right lower zone. Normal heart size.",
+                                "Opacity in the left lower zone. The heart is enlarged.",
+                                "Opacity in the left lower zone. Normal heart size.",
+                                "Opacity in the left upper zone. The heart is enlarged.",
+                                "Opacity in the left upper zone. Normal heart size."],
+                    "negatives": ["No focal opacity. The heart is enlarged.", "No focal opacity. Normal heart size.",
+                                  "The lungs are clear. The heart is enlarged.",
+                                  "The lungs are clear. Normal heart size."]},
         "cardiomegaly": {"prompts": ["The heart is enlarged.", "Cardiomegaly."],
                          "negatives": ["Normal heart size.", "Heart size is normal."]},
         "effusion": {"prompts": ["Right pleural effusion.", "Left pleural effusion."],
