@@ -10,12 +10,12 @@ the final ``model/`` on the **test**-split patients, prompted only with text) th
 3. a 16-shot linear probe on the trained image tower beats the same architecture randomly initialised
    for every finding (5 seeds, mean higher) with a paired t-test p < 0.05 on the macro AUROC.
 
-Measured over training seeds 0, 1, 2 at commit 9aa03c4 with the current opacity prompts (README, Zero-shot and
-evaluation, with the spread and margins): enlarged heart AUROC 1.000 / 1.000 / 1.000 (margin 0.150, spread
-0.000), effusion 0.980 / 0.998 / 0.976 (margin 0.126, spread 0.021) and the probe (smallest per-finding gain
-0.095, spread 0.002; p <= 0.0035, spread 0.0005) clear their thresholds by more than twice the 3-seed spread;
-opacity AUROC 0.938 / 0.958 / 0.993 (margin 0.088, spread 0.054) and the unseen combination's CI low
-0.676 / 0.770 / 0.718 (margin 0.176, spread 0.094) clear them, but by less than twice the spread (issue 17 open).
+Measured over training seeds 0, 1, 2 at commit 15db263 (README, Zero-shot and evaluation, with the spread and
+margins): enlarged heart AUROC 1.000 / 1.000 / 0.998 (margin 0.148, spread 0.002), effusion
+0.982 / 0.992 / 0.999 (margin 0.132, spread 0.017), the unseen combination's CI low
+0.678 / 0.714 / 0.717 (margin 0.178, spread 0.040) and the probe (smallest per-finding gain
+0.093, spread 0.004; p <= 0.0034, spread 0.0004); opacity AUROC 0.985 / 0.913 / 0.954
+(margin 0.063, spread 0.072). Only opacity's margin is below twice the spread (README; issue 17 open).
 The thresholds are the issue's required values, not tightened or loosened to the measurement.
 """
 
