@@ -7,13 +7,13 @@ the transform used before (float32 image, MONAI ``Resized(mode="area")``, pad, q
 
 from __future__ import annotations
 
+import crafted
 import numpy as np
 import pydicom
 import pytest
 import torch
 from monai.transforms import Resized, SpatialPadd
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.dataset import Dataset
 
 from medclip.config import VisionConfig
 from medclip.data import dicom as dicom_mod
@@ -51,31 +51,19 @@ def _old_first_pass(path, size, dtype=np.uint16):
 
 
 def _write(path, arr, bits, mono="MONOCHROME2", window=None, voi_lut=None, extra=None):
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.PhotometricInterpretation = "DX", mono
-    ds.Rows, ds.Columns, ds.SamplesPerPixel = arr.shape[-2], arr.shape[-1], 1
-    ds.BitsAllocated = 8 if arr.dtype == np.uint8 else 16
-    ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits - 1, 0
+    """A plain little-endian DICOM of ``arr`` ((H, W) or (frames, H, W)) through the tests' one writer."""
+    tags = dict(Modality="DX", PhotometricInterpretation=mono, BitsAllocated=8 if arr.dtype == np.uint8 else 16,
+                BitsStored=bits, HighBit=bits - 1, **(extra or {}))
     if arr.ndim == 3:
-        ds.NumberOfFrames = arr.shape[0]
+        tags["NumberOfFrames"] = arr.shape[0]
     if window is not None:
-        ds.WindowCenter, ds.WindowWidth = window
+        tags["WindowCenter"], tags["WindowWidth"] = window
     if voi_lut is not None:
         item = Dataset()
         item.LUTDescriptor = [len(voi_lut), 0, 16]
         item.add_new("LUTData", "OW", np.asarray(voi_lut, dtype="<u2").tobytes())
-        ds.VOILUTSequence = [item]
-    for key, value in (extra or {}).items():
-        setattr(ds, key, value)
-    ds.PixelData = arr.astype(arr.dtype.newbyteorder("<")).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return str(path)
+        tags["VOILUTSequence"] = [item]
+    return str(crafted.dicom(path, arr.astype(arr.dtype.newbyteorder("<")), **tags))
 
 
 def _radiograph(shape, top, seed=0):
