@@ -47,6 +47,11 @@ def _text_groups(texts: Sequence[str] | None, n: int) -> torch.Tensor:
     return torch.tensor([ids.setdefault(" ".join(str(t).split()), len(ids)) for t in texts])
 
 
+def distinct_texts(texts: Sequence[str]) -> int:
+    """How many different reports ``texts`` holds, by the rule that makes them count as the same (whitespace)."""
+    return int(_text_groups(texts, len(texts)).unique().numel()) if len(texts) else 0
+
+
 def _first_hit_ranks(queries: torch.Tensor, keys: torch.Tensor, query_group: torch.Tensor,
                      key_group: torch.Tensor, chunk: int) -> torch.Tensor:
     """1-based rank of the best-scored correct key for every query (ties count against the query)."""

@@ -16,7 +16,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from ..eval.retrieval import alignment, chance_recall, metrics_from_ranks, retrieval_ranks, uniformity_logsumexp
+from ..eval.retrieval import (
+    alignment,
+    chance_recall,
+    distinct_texts,
+    metrics_from_ranks,
+    retrieval_ranks,
+    uniformity_logsumexp,
+)
 from .distributed import gather_rows, rank_and_world
 
 
@@ -42,7 +49,7 @@ def validate(model, loader, device: torch.device, autocast, loss_fn, batch_size:
     loss = sum(float(loss_fn(img[a:b], txt[a:b], **scalars)) for a, b in chunks) / len(chunks)
     reports = list(loader.dataset.texts)
     out = {"val_loss": loss, "logit_scale": float(scalars["logit_scale"]), "val_n": len(img),
-           "val_n_distinct_texts": len(set(" ".join(t.split()) for t in reports))}
+           "val_n_distinct_texts": distinct_texts(reports)}
     if len(img) > 1:
         out.update({f"val_{k}": float(v) for k, v in _geometry(img, txt, reports, device).items()})
     for k in (1, 5, 10):
@@ -63,7 +70,7 @@ def _geometry(img: torch.Tensor, txt: torch.Tensor, reports: list[str], device: 
     rank, world = rank_and_world()
     n = len(img)
     i2t, t2i = retrieval_ranks(img, txt, reports, range(n * rank // world, n * (rank + 1) // world))
-    out = {"n_distinct_texts": len(set(" ".join(str(t).split()) for t in reports))}
+    out = {"n_distinct_texts": distinct_texts(reports)}
     out.update(metrics_from_ranks(_gather(i2t, device), _gather(t2i, device)))
     out["alignment"] = alignment(img, txt)
     pairs = np.concatenate([[0], np.cumsum(np.arange(n - 1, 0, -1))])  # pairs (i, j > i) before row i
