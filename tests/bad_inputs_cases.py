@@ -34,6 +34,13 @@ def _truncated(path: Path, source: Path, keep: float = 0.5) -> Path:
     return path
 
 
+def _large_dicom(path: Path) -> Path:
+    """A plain 12-bit windowed DICOM over 1 MiB (first-pass reads of this size defer the pixel data)."""
+    pixels = (np.arange(1024 * 768, dtype=np.uint16).reshape(1024, 768) % 4096).astype(np.uint16)
+    return crafted.dicom(path, pixels, Modality="DX", BitsAllocated=16, BitsStored=12, HighBit=11,
+                         WindowCenter=2048, WindowWidth=4096)
+
+
 def _no_pixels(path: Path) -> Path:
     import pydicom
 
@@ -82,6 +89,9 @@ ROW_CASES = {
     "DICOM without pixel data": (lambda d: {"image": _rel(_no_pixels(d / "nopix.dcm"))}, r"no pixel data"),
     "truncated DICOM": (lambda d: {"image": _rel(_truncated(d / "half.dcm", crafted.dicom(d / "full.dcm"), 0.6))},
                         r"truncated|no pixel data|cannot"),
+    "truncated large 12-bit DICOM (over 1 MiB)": (  # the size read with pixel data deferred
+        lambda d: {"image": _rel(_truncated(d / "half_large.dcm", _large_dicom(d / "large.dcm"), 0.8))},
+        r"truncated|no pixel data|cannot"),
     "garbage .dcm": (lambda d: (d / "junk.dcm").write_bytes(b"\x00garbage" * 40) and {"image": "img/junk.dcm"},
                      r"not a DICOM file"),
     "folder as image path": (lambda d: (d / "sub").mkdir() or {"image": "img/sub"}, r"folder, not a file"),
