@@ -36,14 +36,22 @@ def test_demo_report_on_test_split_with_ci_and_probe(tiny_model, demo_manifest, 
     assert (df.loc[df["split"] == "train", column] == 0).all()  # truly held out of training
     table = pd.read_csv(tmp_path / "probabilities.csv")  # the AUROCs are those of the written probabilities
     assert set(table["image"].map(lambda p: p.split("/")[-1])) == set(test["image"].map(lambda p: p.split("/")[-1]))
+    seen = table[table["heldout"] == 0]  # findings: the images without an unseen combination
+    assert 0 < len(seen) < len(table) and report["n_images_findings"] == len(seen)
     for name, r in report["zeroshot"].items():
+        rows = table if "column" in DEMO_CLASSES["classes"][name] else seen
+        assert r["value"] == pytest.approx(roc_auc_score(rows[f"label/{name}"], rows[f"prob/{name}"]))
+        assert r["ci_low"] <= r["value"] <= r["ci_high"] and r["n_positive"] == int(rows[f"label/{name}"].sum())
+    assert set(report["findings_all_images"]) == {"opacity", "cardiomegaly", "effusion"}
+    for name, r in report["findings_all_images"].items():
         assert r["value"] == pytest.approx(roc_auc_score(table[f"label/{name}"], table[f"prob/{name}"]))
-        assert r["ci_low"] <= r["value"] <= r["ci_high"] and r["n_positive"] == int(table[f"label/{name}"].sum())
     assert len(report["probe"]["macro_trained"]) == 2 and 0 <= report["probe"]["p"] <= 1
     assert json.loads((tmp_path / "demo_report.json").read_text())["zeroshot"]["effusion"]["value"] == \
         pytest.approx(report["zeroshot"]["effusion"]["value"])
     text = format_demo_report(report, verdicts(report_pvalues(report)))
     assert "95% CI" in text and "Holm p=" in text and "never in a training image or report" in text
+    assert f"each finding over the {len(seen)} images without an unseen combination" in text
+    assert f"the findings over all {len(table)} images, unseen combinations included: opacity " in text
 
 
 def test_demo_prompts_must_use_training_words_only(tiny_model, demo_manifest):

@@ -4,9 +4,12 @@
 images of the **test** split (never the validation patients that pick ``best/``), prompted only with
 text (:data:`DEMO_CLASSES`, the same prompts as ``recipes/classes/demo-findings.yaml``):
 
-* zero-shot AUROC (95% patient-level bootstrap CI, p against 0.5) of each finding;
-* the same for the combination no training image and no training report contains, "opacity in the
-  left upper zone" (its prompt uses only words of training reports: checked, unseen words raise);
+* zero-shot AUROC (95% patient-level bootstrap CI, p against 0.5) of each finding, over the test images
+  that show no unseen combination (the findings as training showed them; the same over all test images
+  is reported beside it, without a verdict);
+* the same, over all test images, for the two combinations no training image and no training report
+  contains, "an enlarged heart with a left effusion" and "opacity in the left upper zone" (their prompts
+  use only words of training reports: checked, unseen words raise);
 * 16-shot linear probes on the trained image tower against the same architecture randomly
   initialised (:func:`medclip.eval.probe.probe_vs_random`, 5 seeds, paired t-test on the macro AUROC).
 
@@ -132,7 +135,9 @@ def demo_report(model, manifest: str, output: str | None = None, options: DemoRe
 
     Returns:
         dict: ``zeroshot`` (class -> ``value``, ``ci_low``, ``ci_high``, ``p``, ``n_positive``,
-        ``n_negative``), ``heldout_among_opacities`` (AUROC and CI among images with an opacity),
+        ``n_negative``; a finding over the ``n_images_findings`` images without an unseen combination, a
+        held-out combination over all), ``findings_all_images`` (each finding over all images; no verdict),
+        ``heldout_among_opacities`` (AUROC and CI among images with an opacity),
         ``probe`` (see :func:`~medclip.eval.probe.probe_vs_random`), ``n_images``, ``split``.
     """
     from .probe import probe_vs_random
@@ -148,11 +153,19 @@ def demo_report(model, manifest: str, output: str | None = None, options: DemoRe
     result = run_zeroshot(model, rows, parse_class_file(classes, "demo classes"), output, n_bootstrap=n_bootstrap,
                           seed=seed, progress=False, figures=output is not None)
     table = result.table
+    # A finding is scored on the images without an unseen combination: those (an opacity in the unseen zone,
+    # an enlarged heart with a left effusion) are what the held-out rows measure, over all images.
+    seen = table[table["heldout"].astype(int) == 0]
     report = {"split": split, "n_images": int(len(table)), "n_patients": int(table["patient_id"].nunique()),
-              "prompts": result.metrics["prompts"], "zeroshot": {}}
+              "n_images_findings": int(len(seen)), "prompts": result.metrics["prompts"], "zeroshot": {},
+              "findings_all_images": {}}
     for name in classes["classes"]:
-        report["zeroshot"][name] = auroc_test(table[f"label/{name}"], table[f"prob/{name}"], table["patient_id"],
-                                              n_bootstrap, seed)
+        rows_of = table if name in HELDOUT_COLUMNS else seen
+        report["zeroshot"][name] = auroc_test(rows_of[f"label/{name}"], rows_of[f"prob/{name}"],
+                                              rows_of["patient_id"], n_bootstrap, seed)
+        if name not in HELDOUT_COLUMNS:  # not a verdict: the same finding with the unseen combinations included
+            report["findings_all_images"][name] = auroc_test(table[f"label/{name}"], table[f"prob/{name}"],
+                                                             table["patient_id"], n_bootstrap, seed)
     opacities = table["opacity"].astype(int) == 1
     if opacities.any():
         sub = table[opacities]
@@ -183,11 +196,15 @@ def format_demo_report(report: dict, verdicts: dict[str, dict]) -> str:
     """The main job's result lines, each number with its CI and verdict (``verdicts`` from
     :func:`medclip.eval.significance.verdicts` over :func:`report_pvalues` and the command's others)."""
     lines = [f"zero-shot on the {report['n_images']} {report['split']}-split images ({report['n_patients']} patients; "
-             "prompted with text only, positive vs negative sentence):"]
+             "prompted with text only, positive vs negative sentence); each finding over the "
+             f"{report['n_images_findings']} images without an unseen combination, each unseen combination over all:"]
     for name, r in report["zeroshot"].items():
         extra = "  [never in a training image or report]" if name in HELDOUT_COLUMNS else ""
         lines.append(f"  {name:<35} AUROC {r['value']:.3f} (95% CI {r['ci_low']:.3f}-{r['ci_high']:.3f}; "
                      f"{r['n_positive']} positive) {verdicts[f'zeroshot/{name}']['text']}{extra}")
+    if report.get("findings_all_images"):
+        every = ", ".join(f"{name} {r['value']:.3f}" for name, r in report["findings_all_images"].items())
+        lines.append(f"  the findings over all {report['n_images']} images, unseen combinations included: {every}")
     if "heldout_among_opacities" in report:
         r = report["heldout_among_opacities"]
         lines.append(f"  {HELDOUT_ZONE_CLASS}, among images with an opacity: AUROC {r['value']:.3f} "
