@@ -7,6 +7,9 @@ is required); ``tiled`` is :func:`medclip.loss.tiled_clip_loss`. ``sig-ref`` is 
 (N × N logits) and ``siglip`` is :func:`medclip.loss.siglip_loss` (streamed, logit bias −10, scale 10).
 ``floor`` runs only the tiled loss's four ``N × N × d`` fp32 matmuls (same blocks, no exp or reductions): no
 exact two-pass streamed InfoNCE can beat it, so dense / floor is the largest speed-up this machine allows.
+The floor line also times this machine's best fp32 GEMM (a 4096³ product or the loss's block shape): the
+faster of the two ways to run the four matmuls bounds the time of any exact two-pass streamed InfoNCE from
+below, whatever its blocking.
 ``cpu s`` is the process's CPU time (both threads), steadier than wall time on a shared machine.
 
 Usage::
@@ -14,7 +17,7 @@ Usage::
     python bench/loss_memory.py            # N = 4096, 16384, 32768, d = 512
     python bench/loss_memory.py --quick    # one timed repeat; skips dense at N = 32768 (needs ~20 GiB)
 
-The last line is the key ratio: dense / tiled time and memory at N = 16384.
+The summary lines: dense / tiled time and memory at N = 16384, the matmul bound, the SigLIP memory.
 """
 
 from __future__ import annotations
@@ -75,6 +78,22 @@ def _matmul_floor(img, txt, scale, bias):
     return torch.full((), float("nan"), requires_grad=True)  # no loss: backward is a no-op
 
 
+def best_gemm_gflops(repeats: int = 3) -> float:
+    """This machine's best fp32 GEMM rate (GFLOP/s): the faster of a 4096³ product and the tiled loss's
+    2048 × 512 × 16384 block shape, best of ``repeats`` each."""
+    import torch
+
+    best = 0.0
+    for m, k, n in ((4096, 4096, 4096), (2048, 512, 16384)):
+        a, b = torch.randn(m, k), torch.randn(k, n)
+        torch.mm(a, b)  # warm-up
+        for _ in range(repeats):
+            start = time.perf_counter()
+            torch.mm(a, b)
+            best = max(best, 2 * m * k * n / (time.perf_counter() - start) / 1e9)
+    return best
+
+
 def measure(method: str, n: int, dim: int, repeats: int) -> dict:
     """Run one method in this process; return time (best of ``repeats``) and peak RSS increase."""
     import torch
@@ -99,6 +118,22 @@ def measure(method: str, n: int, dim: int, repeats: int) -> dict:
             "cpu_seconds": min(cpu), "peak_extra_mib": _rss_mib() - base}
 
 
+def _print_floor(n: int, dim: int, dense: dict, tiled: dict, floor: dict) -> None:
+    """The largest speed-up over dense that any exact two-pass streamed InfoNCE can have on this machine: four
+    ``N × N × d`` fp32 matmuls, timed as the tiled loss runs them (``floor``) and at the best GEMM rate measured
+    here (whichever is faster)."""
+    flops = 4 * 2 * n * n * dim
+    gemm = subprocess.run([sys.executable, __file__, "--child", "gemm", "0"], capture_output=True, text=True)
+    rate = json.loads(gemm.stdout.strip().splitlines()[-1])["gflops"] if gemm.returncode == 0 else 0.0
+    at_rate = flops / (rate * 1e9) if rate else float("inf")
+    best = min(floor["seconds"], at_rate)
+    print(f"N={n}: the four matmuls alone take {floor['seconds']:.2f} s as tiled runs them "
+          f"({flops / floor['seconds'] / 1e9:.0f} GFLOP/s; {floor['cpu_seconds']:.2f} s CPU), {at_rate:.2f} s at this "
+          f"machine's best fp32 GEMM rate ({rate:.0f} GFLOP/s): no exact streamed InfoNCE beats dense by "
+          f"more than {dense['seconds'] / best:.2f}x here; tiled is {dense['seconds'] / tiled['seconds']:.2f}x, "
+          f"{best / tiled['seconds']:.0%} of that bound")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[4096, 16384, 32768])
@@ -109,7 +144,10 @@ def main() -> None:
     args = parser.parse_args()
     args.repeats = args.repeats or (1 if args.quick else 2)
     if args.child:
-        print(json.dumps(measure(args.child[0], int(args.child[1]), args.dim, args.repeats)))
+        if args.child[0] == "gemm":
+            print(json.dumps({"gflops": best_gemm_gflops()}))
+        else:
+            print(json.dumps(measure(args.child[0], int(args.child[1]), args.dim, args.repeats)))
         return
     results = {}
     print(f"{'method':<8}{'impl':<26}{'N':>7}{'seconds':>10}{'cpu s':>8}{'extra MiB':>11}{'loss':>10}")
@@ -138,10 +176,7 @@ def main() -> None:
               f"{d['cpu_seconds'] / t['cpu_seconds']:.2f}x")
         f = results.get(("floor", key))
         if f:
-            print(f"N={key}: the four matmuls alone take {f['seconds']:.2f} s ({f['cpu_seconds']:.2f} s CPU): no exact "
-                  f"streamed InfoNCE beats dense by more than {d['seconds'] / f['seconds']:.2f}x here "
-                  f"({d['cpu_seconds'] / f['cpu_seconds']:.2f}x in CPU time); tiled is at "
-                  f"{f['seconds'] / t['seconds']:.0%} of that floor")
+            _print_floor(key, args.dim, d, t, f)
     else:
         print("key ratio unavailable: run with N = 16384 for both methods")
     sig = [n for n in args.sizes if ("siglip", n) in results]
