@@ -153,6 +153,10 @@ def demo_report(model, manifest: str, output: str | None = None, options: DemoRe
     result = run_zeroshot(model, rows, parse_class_file(classes, "demo classes"), output, n_bootstrap=n_bootstrap,
                           seed=seed, progress=False, figures=output is not None)
     table = result.table
+
+    def score(frame: pd.DataFrame, name: str) -> dict:
+        return auroc_test(frame[f"label/{name}"], frame[f"prob/{name}"], frame["patient_id"], n_bootstrap, seed)
+
     # A finding is scored on the images without an unseen combination: those (an opacity in the unseen zone,
     # an enlarged heart with a left effusion) are what the held-out rows measure, over all images.
     seen = table[table["heldout"].astype(int) == 0]
@@ -160,18 +164,13 @@ def demo_report(model, manifest: str, output: str | None = None, options: DemoRe
               "n_images_findings": int(len(seen)), "prompts": result.metrics["prompts"], "zeroshot": {},
               "findings_all_images": {}}
     for name in classes["classes"]:
-        rows_of = table if name in HELDOUT_COLUMNS else seen
-        report["zeroshot"][name] = auroc_test(rows_of[f"label/{name}"], rows_of[f"prob/{name}"],
-                                              rows_of["patient_id"], n_bootstrap, seed)
-        if name not in HELDOUT_COLUMNS:  # not a verdict: the same finding with the unseen combinations included
-            report["findings_all_images"][name] = auroc_test(table[f"label/{name}"], table[f"prob/{name}"],
-                                                             table["patient_id"], n_bootstrap, seed)
+        held_out = name in HELDOUT_COLUMNS
+        report["zeroshot"][name] = score(table if held_out else seen, name)
+        if not held_out:  # not a verdict: the same finding with the unseen combinations included
+            report["findings_all_images"][name] = score(table, name)
     opacities = table["opacity"].astype(int) == 1
     if opacities.any():
-        sub = table[opacities]
-        report["heldout_among_opacities"] = auroc_test(sub[f"label/{HELDOUT_ZONE_CLASS}"],
-                                                       sub[f"prob/{HELDOUT_ZONE_CLASS}"], sub["patient_id"],
-                                                       n_bootstrap, seed)
+        report["heldout_among_opacities"] = score(table[opacities], HELDOUT_ZONE_CLASS)
     if opts.probe_seeds:
         train = df[df["split"] == "train"].reset_index(drop=True)
         try:
