@@ -66,12 +66,12 @@ def _gather(t: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def _geometry(img: torch.Tensor, txt: torch.Tensor, reports: list[str], device: torch.device) -> dict:
-    """:func:`~medclip.eval.retrieval.embedding_metrics`, each process scoring its share of the rows."""
+    """:func:`~medclip.eval.retrieval.embedding_metrics` less ``n`` and ``n_distinct_texts`` (``validate`` has
+    them), each process scoring its share of the rows."""
     rank, world = rank_and_world()
     n = len(img)
     i2t, t2i = retrieval_ranks(img, txt, reports, range(n * rank // world, n * (rank + 1) // world))
-    out = {"n_distinct_texts": distinct_texts(reports)}
-    out.update(metrics_from_ranks(_gather(i2t, device), _gather(t2i, device)))
+    out = metrics_from_ranks(_gather(i2t, device), _gather(t2i, device))  # distinct reports: counted by validate
     out["alignment"] = alignment(img, txt)
     pairs = np.concatenate([[0], np.cumsum(np.arange(n - 1, 0, -1))])  # pairs (i, j > i) before row i
     lo, hi = (int(np.searchsorted(pairs, pairs[-1] * r / world)) for r in (rank, rank + 1))  # equal pair counts
