@@ -66,7 +66,7 @@ def test_quantize_round_trip():
 def test_large_dicom_lookup_table_path_equals_the_per_pixel_chain(tmp_path, photometric, signed):
     import pydicom
 
-    from medclip.data import dicom
+    from medclip.data import display
 
     path = tmp_path / "big.dcm"
     R.write_dicom(path, 3, "PA")
@@ -75,7 +75,7 @@ def test_large_dicom_lookup_table_path_equals_the_per_pixel_chain(tmp_path, phot
     arr = rng.integers(-900 if signed else 0, 4000, (300, 260)).astype(np.int16 if signed else np.uint16)
     ds.WindowCenter, ds.WindowWidth, ds.RescaleSlope, ds.RescaleIntercept = [1500, 600], [2500, 400], 2, -7
     for index in (0, 1):
-        fast = dicom._grayscale_to_unit(ds, arr, photometric, index)
-        slow = dicom._gray_chain(ds, arr, photometric, index)
+        fast = display._grayscale_to_unit(ds, arr, photometric, index)
+        slow = display._gray_chain(ds, arr, photometric, index)
         assert arr.size > 1 << 16 and fast.shape == slow.shape
         np.testing.assert_array_equal(fast.astype(np.float32), slow.astype(np.float32))

@@ -31,7 +31,7 @@ def area_windows(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
 
 class WindowStats(NamedTuple):
     """Exact integer statistics of each area window: sums and pixel counts (h, w); smallest and largest values
-    of each window row strip's columns (h, W: :func:`_window_extremes` reduces them to windows when needed)."""
+    of each window row strip's columns (h, W: :func:`table_means` reduces them to windows when it needs them)."""
 
     rows: tuple[np.ndarray, np.ndarray]
     cols: tuple[np.ndarray, np.ndarray]

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import DataError
 from .area import RowReader, stored_frame
-from .display import _area_resized, _gray_chain, _grayscale_to_unit  # noqa: F401 - _gray_chain: tests
+from .display import _area_resized, _grayscale_to_unit
 from .guard import (
     ImageLimits,
     captured_pydicom,
