@@ -63,12 +63,11 @@ def _matmul_floor(img, txt, scale, bias):
     """The tiled InfoNCE's matmuls alone: pass 1 ``S = I Tᵀ`` per row block, pass 2 ``S``, ``P T``, ``Pᵀ I``."""
     import torch
 
-    from medclip.loss import INFONCE_TILE_ELEMENTS
+    from medclip.loss import INFONCE_TILE_ELEMENTS, _blocks
 
     img, txt, n = img.detach(), txt.detach(), img.shape[0]
-    rows = max(1, min(n, INFONCE_TILE_ELEMENTS // n))
-    buffer, grad_img, grad_txt = img.new_empty(rows, n), torch.empty_like(img), torch.zeros_like(txt)
-    blocks = [(start, min(start + rows, n)) for start in range(0, n, rows)]
+    blocks = _blocks(n, None, INFONCE_TILE_ELEMENTS)  # the loss's own row blocks
+    buffer, grad_img, grad_txt = img.new_empty(blocks[0][1], n), torch.empty_like(img), torch.zeros_like(txt)
     for start, end in blocks:
         torch.mm(img[start:end], txt.T, out=buffer[: end - start])
     for start, end in blocks:
