@@ -1,6 +1,7 @@
 """The demo report (zero-shot AUROCs with CI, probe) and the ``medclip retrieve`` command on real notes."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -84,6 +85,12 @@ def test_pretrain_report_only_for_demo_recipes(tiny_model, demo_manifest, tmp_pa
     pd.DataFrame({"image": ["a.png"], "report": ["x"]}).to_csv(other, index=False)
     assert pretrain_report(str(tmp_path / "model"), recipe(other)) is None
     assert "demo report skipped" in caplog.text and "not a demo-corpus manifest" in caplog.text
+    caplog.clear()  # a demo manifest without the column that says which images show an unseen combination
+    old = pd.read_csv(demo_manifest).drop(columns="heldout")
+    old["image"] = [str(Path(demo_manifest).parent / p) for p in old["image"]]  # the images still resolve
+    old.to_csv(tmp_path / "old_demo.csv", index=False)
+    assert pretrain_report(str(tmp_path / "model"), recipe(tmp_path / "old_demo.csv")) is None
+    assert "no 'heldout' column" in caplog.text
 
 
 @pytest.mark.slow

@@ -87,7 +87,7 @@ def _demo_frame(manifest: str, classes: dict) -> pd.DataFrame:
     rows and every word of their prompts occurs in a training report (else a one-line error)."""
     df = manifest_frame(manifest)
     root = os.path.dirname(os.path.abspath(manifest))
-    for col in ("image", "split", "report", "patient_id", *HELDOUT_COLUMNS.values(), *FINDINGS):
+    for col in ("image", "split", "report", "patient_id", "heldout", *HELDOUT_COLUMNS.values(), *FINDINGS):
         if col not in df.columns:
             raise DataError(f"{manifest}: no '{col}' column; this is not a demo-corpus manifest "
                             "(medclip.data.demo.make_demo_corpus; delete its folder to regenerate it)")
